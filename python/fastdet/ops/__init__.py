@@ -1,0 +1,28 @@
+"""fastdet ops: drop-in replacements for torchvision.ops where torchvision has the op.
+
+Every function calls a custom op registered with the PyTorch dispatcher (`torch.ops.fastdet.*`),
+which has CPU and CUDA kernels, a fake kernel for torch.compile / torch.export, and autograd
+where it is differentiable. Pure-PyTorch references of every op are in `fastdet.ops._reference`.
+"""
+
+from .box_iou import (
+    box_iou,
+    complete_box_iou,
+    ciou_loss,
+    diou_loss,
+    distance_box_iou,
+    generalized_box_iou,
+    giou_loss,
+    iou_loss,
+)
+
+__all__ = [
+    "box_iou",
+    "generalized_box_iou",
+    "distance_box_iou",
+    "complete_box_iou",
+    "iou_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+]
