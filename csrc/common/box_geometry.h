@@ -73,8 +73,10 @@ FASTDET_HD S aspect_angle(S w, S h) {
 // (Rezatofighi et al. 2019; Zheng et al. 2020). The gradient is the exact derivative of this value,
 // alpha included (torchvision's CIoU treats alpha as a constant; so float64 gradcheck holds here). Enclosing-box sides are clamped at 0 as in torchvision, so inverted
 // boxes give finite values. With eps = 0 the values are torchvision's box_iou / generalized_box_iou.
+// Core of iou_family with the CIoU aspect angles of a and b given (aspect_angle(w, h) of each box):
+// a pairwise kernel computes them once per box instead of once per pair. Unused unless M is kCIoU.
 template <IouMode M, typename S, typename P>
-FASTDET_HD S iou_family(const Box<S>& a, const Box<S>& b, P eps) {
+FASTDET_HD S iou_family_with_angles(const Box<S>& a, const Box<S>& b, P eps, S angle_a, S angle_b) {
   const S inter = intersection_area(a, b);
   const S uni = box_area(a) + box_area(b) - inter;
   const S iou = inter / (uni + eps);
@@ -95,12 +97,24 @@ FASTDET_HD S iou_family(const Box<S>& a, const Box<S>& b, P eps) {
         return diou;
       } else {
         const P k = P(0.40528473456935108578);  // 4 / pi^2
-        const S dangle = aspect_angle(b.x2 - b.x1, b.y2 - b.y1) - aspect_angle(a.x2 - a.x1, a.y2 - a.y1);
+        const S dangle = angle_b - angle_a;
         const S v = k * (dangle * dangle);
         const S alpha = v / ((P(1) - iou) + v + eps);
         return diou - alpha * v;
       }
     }
+  }
+}
+
+template <typename S>
+FASTDET_HD S box_aspect_angle(const Box<S>& b) { return aspect_angle(b.x2 - b.x1, b.y2 - b.y1); }
+
+template <IouMode M, typename S, typename P>
+FASTDET_HD S iou_family(const Box<S>& a, const Box<S>& b, P eps) {
+  if constexpr (M == IouMode::kCIoU) {
+    return iou_family_with_angles<M>(a, b, eps, box_aspect_angle(a), box_aspect_angle(b));
+  } else {
+    return iou_family_with_angles<M>(a, b, eps, S(0), S(0));
   }
 }
 

@@ -276,8 +276,10 @@ def test_cuda_matches_cpu_large(mode):
 
 # ---- properties (hypothesis) -----------------------------------------------------------------------
 
-coord = st.floats(-1e3, 1e3, allow_nan=False, width=32)
-box = st.tuples(coord, coord, st.floats(0, 500, width=32), st.floats(0, 500, width=32)).map(
+# Coordinates on a 1/16 grid so the translation below is exact in float64.
+coord = st.integers(-16_000, 16_000).map(lambda v: v / 16)
+side = st.integers(0, 8_000).map(lambda v: v / 16)
+box = st.tuples(coord, coord, side, side).map(
     lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
 
 

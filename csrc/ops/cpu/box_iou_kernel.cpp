@@ -19,22 +19,28 @@
 namespace fastdet {
 namespace {
 
-// The four coordinate arrays of boxes [B, M, 4] as [B, 4, M] in math type acc_t.
+// Boxes [B, M, 4] as [B, 5, M] arrays in math type acc_t: x1, y1, x2, y2 and the CIoU aspect angle
+// (computed once per box, not once per pair: atan dominates CIoU otherwise).
 template <typename acc_t, typename T>
 std::vector<acc_t> to_coordinate_arrays(const T* boxes, int64_t batch, int64_t m) {
-  std::vector<acc_t> soa(batch * 4 * m);
+  std::vector<acc_t> soa(batch * 5 * m);
   for (int64_t b = 0; b < batch; ++b)
-    for (int64_t j = 0; j < m; ++j)
-      for (int64_t k = 0; k < 4; ++k)
-        soa[(b * 4 + k) * m + j] = static_cast<acc_t>(boxes[(b * m + j) * 4 + k]);
+    for (int64_t j = 0; j < m; ++j) {
+      const Box<acc_t> box = load_box<acc_t>(boxes, b * m + j);
+      acc_t* c = soa.data() + b * 5 * m + j;
+      c[0] = box.x1, c[m] = box.y1, c[2 * m] = box.x2, c[3 * m] = box.y2, c[4 * m] = box_aspect_angle(box);
+    }
   return soa;
 }
 
+// One output row: box a against the M boxes of the coordinate arrays c.
 template <IouMode M, typename acc_t, typename T>
-void iou_row(const Box<acc_t>& a, const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2,
-             int64_t m, acc_t eps, T* out) {
+void iou_row(const Box<acc_t>& a, const acc_t* c, int64_t m, acc_t eps, T* out) {
+  const acc_t angle_a = M == IouMode::kCIoU ? box_aspect_angle(a) : acc_t(0);
+  const acc_t *x1 = c, *y1 = c + m, *x2 = c + 2 * m, *y2 = c + 3 * m, *angle = c + 4 * m;
   for (int64_t j = 0; j < m; ++j) {
-    out[j] = static_cast<T>(iou_family<M>(a, Box<acc_t>{x1[j], y1[j], x2[j], y2[j]}, eps));
+    const Box<acc_t> b{x1[j], y1[j], x2[j], y2[j]};
+    out[j] = static_cast<T>(iou_family_with_angles<M>(a, b, eps, angle_a, angle[j]));
   }
 }
 
@@ -57,8 +63,7 @@ void box_iou_forward_impl(const BoxIouProblem& p, double eps, at::Tensor& out) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m, 1));
   at::parallel_for(0, p.batch * n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const acc_t* c = soa.data() + (row / n) * 4 * m;
-      iou_row<M>(load_box<acc_t>(b1, row), c, c + m, c + 2 * m, c + 3 * m, m, e, o + row * m);
+      iou_row<M>(load_box<acc_t>(b1, row), soa.data() + (row / n) * 5 * m, m, e, o + row * m);
     }
   });
 }

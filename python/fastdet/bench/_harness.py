@@ -65,3 +65,117 @@ def measure(fn: Callable[[], object], device: str, *, warmup: int = 3, repeats: 
             fn()
             samples.append(time.perf_counter() - t0)
     return Timing(statistics.median(samples), samples)
+
+
+# ---- running suites -------------------------------------------------------------------------------
+
+
+def suite_names() -> list[str]:
+    """Every op that has a benchmark module (fastdet.bench.<op>), discovered, not listed."""
+    import pkgutil
+
+    from fastdet import bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+
+
+def collect(ops: list[str] | None, devices: list[str], sizes: list[int] | None, quick: bool) -> list[Case]:
+    import importlib
+
+    names = suite_names()
+    unknown = sorted(set(ops or []) - set(names))
+    if unknown:
+        raise ValueError(f"no benchmark for {', '.join(unknown)}; available: {', '.join(names)}")
+    cases = []
+    for name in ops or names:
+        module = importlib.import_module(f"fastdet.bench.{name}")
+        for device in devices:
+            cases.extend(module.cases(device, sizes=sizes, quick=quick))
+    return cases
+
+
+def peak_bandwidth_bytes_per_s(device: str) -> float | None:
+    """The device's theoretical DRAM bandwidth (memory clock x 2 (DDR) x bus width), CUDA only."""
+    if not device.startswith("cuda"):
+        return None
+    props = torch.cuda.get_device_properties(torch.device(device))
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    if not clock_khz or not bus_bits:
+        return None
+    return clock_khz * 1e3 * 2 * bus_bits / 8
+
+
+@dataclass
+class Result:
+    op: str
+    label: str
+    size: int
+    device: str
+    fastdet_ms: float
+    peer_ms: float | None
+    peer_name: str
+    speedup: float | None        # peer time / fastdet time, same run
+    gbps: float | None = None    # achieved, for memory-bound cases
+    pct_of_peak: float | None = None
+    note: str = ""
+
+
+def run_case(case: Case, repeats: int) -> Result:
+    mine = measure(case.fastdet, case.device, repeats=repeats)
+    peer = measure(case.peer, case.device, repeats=repeats) if case.peer is not None else None
+    gbps = pct = None
+    if case.bytes_moved and case.device.startswith("cuda"):
+        gbps = case.bytes_moved / mine.median_s / 1e9
+        peak = peak_bandwidth_bytes_per_s(case.device)
+        pct = 100.0 * gbps * 1e9 / peak if peak else None
+    return Result(case.op, case.label, case.size, case.device, mine.median_s * 1e3,
+                  peer.median_s * 1e3 if peer else None, case.peer_name if peer else "",
+                  peer.median_s / mine.median_s if peer else None, gbps, pct, case.note)
+
+
+def environment() -> dict:
+    import platform
+
+    import fastdet
+
+    env = {"fastdet": fastdet.build_info(), "torch": torch.__version__, "python": platform.python_version(),
+           "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        env["torchvision"] = None
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name()
+        env["cuda_runtime"] = torch.version.cuda
+    return env
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def rows(results: list[Result]) -> list[list[str]]:
+    return [[r.op, r.device, r.label, _fmt(r.fastdet_ms, ".3f"), _fmt(r.peer_ms, ".3f"), r.peer_name or "-",
+             _fmt(r.speedup, ".2f") + ("x" if r.speedup else ""), _fmt(r.gbps, ".0f"), _fmt(r.pct_of_peak, ".0f")]
+            for r in results]
+
+
+HEADER = ["op", "device", "case", "fastdet ms", "peer ms", "peer", "speedup", "GB/s", "% peak"]
+
+
+def to_markdown(results: list[Result], env: dict) -> str:
+    lines = [f"fastdet {env['fastdet']['version']}, torch {env['torch']}, torchvision {env.get('torchvision')}, "
+             f"{env.get('cuda_device', 'no CUDA device')}, {env['cpu_threads']} CPU threads. "
+             "speedup = peer median / fastdet median, measured in the same run.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results: list[Result], env: dict) -> dict:
+    from dataclasses import asdict
+
+    return {"environment": env, "results": [asdict(r) for r in results]}
