@@ -18,6 +18,9 @@ import torchvision
 import fastdet
 from fastdet.testing import clustered_boxes
 
+# TorchScript is deprecated in torch 2.14 but is still how C++ deployments load models.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
+
 IOU_THRESHOLD = 0.5
 
 # Run in a fresh interpreter where `import fastdet` is made impossible, so nothing of fastdet's Python
@@ -89,8 +92,8 @@ def test_torchscript_save_load(tmp_path, scripted_nms):
     # The graph calls the op by its qualified name, and survives a save/load round trip.
     assert "fastdet::nms" in scripted_nms.graph.str()
     path = tmp_path / "nms.pt"
-    torch.jit.save(scripted_nms, path)
-    loaded = torch.jit.load(path)
+    torch.jit.save(scripted_nms, os.fspath(path))
+    loaded = torch.jit.load(os.fspath(path))
     assert "fastdet::nms" in loaded.graph.str()
     assert loaded(boxes, scores, IOU_THRESHOLD).tolist() == expected
 
@@ -98,7 +101,7 @@ def test_torchscript_save_load(tmp_path, scripted_nms):
 def test_torchscript_load_in_fresh_process(tmp_path, scripted_nms):
     # Deployment: a saved TorchScript program runs with only torch + libfastdet.so, no fastdet Python.
     path = tmp_path / "nms.pt"
-    torch.jit.save(scripted_nms, path)
+    torch.jit.save(scripted_nms, os.fspath(path))
     keep, expected = run_child(tmp_path, path)
     assert keep == expected
 
