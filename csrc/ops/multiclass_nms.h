@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/macros.h"
 
 namespace fastdet {
 
@@ -59,8 +60,8 @@ inline MulticlassNmsProblem prepare_multiclass_nms(const at::Tensor& boxes, cons
 }
 
 // Row of the box of candidate (b, n, c) in the contiguous boxes viewed as [rows, 4].
-inline int64_t multiclass_box_row(bool per_class_boxes, int64_t b, int64_t n, int64_t c, int64_t num_n,
-                                  int64_t num_c) {
+FASTDET_HD int64_t multiclass_box_row(bool per_class_boxes, int64_t b, int64_t n, int64_t c, int64_t num_n,
+                                      int64_t num_c) {
   return per_class_boxes ? (b * num_n + n) * num_c + c : b * num_n + n;
 }
 
