@@ -119,7 +119,7 @@ def test_caps_and_padding(device):
     nd, *_ = ops.multiclass_nms(boxes, scores, 0.0, 0.5, 1000, 7, class_agnostic=True)
     assert nd.tolist() == [7, 7]
     # class_agnostic ignores max_per_class: the only cap is max_total.
-    nd, _, _, lab, _ = ops.multiclass_nms(boxes, scores, 0.0, 0.5, 1, 30, class_agnostic=True)
+    nd, _, _, lab, _ = ops.multiclass_nms(boxes, scores, 0.0, 1.0, 1, 30, class_agnostic=True)
     assert nd.tolist() == [30, 30] and torch.bincount(lab[0].cpu(), minlength=5).max() > 1
 
 
