@@ -15,6 +15,7 @@ from .box_iou import (
     giou_loss,
     iou_loss,
 )
+from .soft_nms import soft_nms
 
 __all__ = [
     "box_iou",
@@ -25,4 +26,5 @@ __all__ = [
     "giou_loss",
     "diou_loss",
     "ciou_loss",
+    "soft_nms",
 ]
