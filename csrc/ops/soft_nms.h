@@ -29,7 +29,9 @@ inline SoftNmsMethod parse_soft_nms_method(c10::string_view method) {
 // methods, i.e. no decay, the same way a NaN IoU never suppresses in torchvision's nms.
 template <SoftNmsMethod M, typename acc_t>
 FASTDET_HD acc_t soft_nms_weight(acc_t iou, acc_t iou_threshold, acc_t sigma) {
-  if (!(iou == iou)) return acc_t(1);
+  // iou == 0 (no intersection, the common case) gives exactly 1 in both methods; return early
+  // so that the gaussian pays for exp only on overlapping pairs.
+  if (!(iou == iou) || iou == acc_t(0)) return acc_t(1);
   if constexpr (M == SoftNmsMethod::kLinear) {
     return iou >= iou_threshold ? acc_t(1) - iou : acc_t(1);
   } else {
@@ -39,6 +41,16 @@ FASTDET_HD acc_t soft_nms_weight(acc_t iou, acc_t iou_threshold, acc_t sigma) {
     return std::exp(-(iou * iou) / sigma);
 #endif
   }
+}
+
+// soft_nms_weight of the pair's nms_iou (common/box_geometry.h), with the division and the decay
+// skipped when the boxes do not intersect: then the IoU is 0, -0 or NaN (0 / 0) and the weight is 1
+// in every case, so the result is bit-identical to soft_nms_weight(nms_iou(a, b), ...).
+template <SoftNmsMethod M, typename acc_t>
+FASTDET_HD acc_t soft_nms_pair_weight(const Box<acc_t>& a, const Box<acc_t>& b, acc_t iou_threshold, acc_t sigma) {
+  const acc_t inter = intersection_area(a, b);
+  if (inter == acc_t(0)) return acc_t(1);
+  return soft_nms_weight<M>(inter / (box_area(a) + box_area(b) - inter), iou_threshold, sigma);
 }
 
 struct SoftNmsProblem {

@@ -57,12 +57,14 @@ int64_t soft_nms_impl(const SoftNmsProblem& p, double iou_threshold, double sigm
       if (j == best) continue;
       acc_t sj = s[j];
       if (!cl || cls[j] == sel_cls) {
-        const acc_t iou = nms_iou(sel, Box<acc_t>{x1[j], y1[j], x2[j], y2[j]});
-        sj *= soft_nms_weight<M>(iou, thr, sig);
+        sj *= soft_nms_pair_weight<M>(sel, Box<acc_t>{x1[j], y1[j], x2[j], y2[j]}, thr, sig);
       }
       if (!(sj >= lo)) continue;  // dropped for good
-      x1[w] = x1[j], y1[w] = y1[j], x2[w] = x2[j], y2[w] = y2[j], s[w] = sj, id[w] = id[j];
-      if (cl) cls[w] = cls[j];
+      s[w] = sj;
+      if (w != j) {  // move down over a dropped/selected box (nothing to move until the first one)
+        x1[w] = x1[j], y1[w] = y1[j], x2[w] = x2[j], y2[w] = y2[j], id[w] = id[j];
+        if (cl) cls[w] = cls[j];
+      }
       if (next < 0 || sj > s[next]) next = w;
       ++w;
     }

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kMaxThreads)
         continue;
       }
       if (!has_cls || cls[j] == sel_cls) {
-        const acc_t w = soft_nms_weight<M>(nms_iou(sel, get_box(j)), thr, sigma);
+        const acc_t w = soft_nms_pair_weight<M>(sel, get_box(j), thr, sigma);
         if (w != acc_t(1)) {
           v *= w;
           if (!(v >= lo)) v = kDead;
