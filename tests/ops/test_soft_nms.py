@@ -311,9 +311,11 @@ def test_cuda_matches_cpu_large(method, n, classes, dtype):
     b, s, c = detections(n, dtype=dtype, seed=12, num_classes=classes)
     k_cpu, s_cpu = ops.soft_nms(b, s, method=method, idxs=c)
     k_gpu, s_gpu = ops.soft_nms(b.cuda(), s.cuda(), method=method, idxs=None if c is None else c.cuda())
-    # Selections agree except where the fp rounding of the two compilers flips a near-tie.
-    n_same = (k_gpu.cpu()[: k_cpu.numel()] == k_cpu[: k_gpu.numel()]).float().mean().item()
-    assert abs(k_gpu.numel() - k_cpu.numel()) <= max(2, n // 1000) and n_same > 0.99
+    assert k_gpu.device.type == "cuda" and s_gpu.dtype == dtype
+    # Selections agree except where the rounding of the two compilers (nvcc contracts to FMA) flips a
+    # near-tie or a score right at min_score.
+    common = len(set(k_gpu.cpu().tolist()) & set(k_cpu.tolist()))
+    assert common >= 0.99 * max(k_gpu.numel(), k_cpu.numel()) and k_cpu.numel() > 0
     if dtype == torch.float64:
         assert k_gpu.cpu().tolist() == k_cpu.tolist()
         torch.testing.assert_close(s_gpu.cpu(), s_cpu)

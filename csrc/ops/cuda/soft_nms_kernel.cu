@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int64_t* cls = kShared ? sh_cls : cls_in;
   const bool has_cls = cls_in != nullptr;
 
-  auto get_box = [&](int j) -> Box<acc_t> {
+  auto get_box = [&](int64_t j) -> Box<acc_t> {
     if constexpr (kShared) {
       return Box<acc_t>{sx1[j], sy1[j], sx2[j], sy2[j]};
     } else {
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   const acc_t kDead = quiet_nan(acc_t(0));
   const Cand<acc_t> none{-INFINITY, INT_MAX};
   Cand<acc_t> local = none;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     acc_t v = static_cast<acc_t>(scores[j]);
     if (!(v >= lo)) v = kDead;  // below min_score (or NaN) at the start: never selected
     s[j] = v;
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       sx1[j] = b.x1, sy1[j] = b.y1, sx2[j] = b.x2, sy2[j] = b.y2;
       if (has_cls) sh_cls[j] = cls_in[j];
     }
-    if (v >= lo) local = better(local, Cand<acc_t>{v, j});
+    if (v >= lo) local = better(local, Cand<acc_t>{v, static_cast<int>(j)});
   }
   int buf = 0;
   Cand<acc_t> best = block_argmax(local, part_s[buf], part_i[buf]);  // its barrier also publishes the boxes
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const Box<acc_t> sel = get_box(b);
     const int64_t sel_cls = has_cls ? cls[b] : 0;
     local = none;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       acc_t v = s[j];
       if (!(v >= lo)) continue;  // dropped or already selected
       if (j == b) {
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kMaxThreads)
           s[j] = v;
         }
       }
-      if (v >= lo) local = better(local, Cand<acc_t>{v, j});
+      if (v >= lo) local = better(local, Cand<acc_t>{v, static_cast<int>(j)});
     }
     buf ^= 1;
     best = block_argmax(local, part_s[buf], part_i[buf]);
@@ -153,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const 
                                                  double iou_threshold, double sigma, double min_score,
                                                  c10::string_view method, const c10::optional<at::Tensor>& idxs) {
   const SoftNmsProblem p = prepare_soft_nms(boxes, scores, iou_threshold, sigma, min_score, method, idxs);
-  TORCH_CHECK(p.n <= INT_MAX, "fastdet::soft_nms: boxes must have at most ", INT_MAX, " rows on CUDA, got ", p.n);
+  // Box indices travel through the block reduction as int (half the shuffles of int64).
+  TORCH_CHECK(p.n < INT_MAX, "fastdet::soft_nms: boxes must have fewer than ", INT_MAX, " rows on CUDA, got ", p.n);
   const c10::cuda::CUDAGuard guard(boxes.device());
   at::Tensor keep = at::empty({p.n}, boxes.options().dtype(at::kLong));
   at::Tensor kept = at::empty({p.n}, scores.options());
