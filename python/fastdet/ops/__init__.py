@@ -16,6 +16,7 @@ from .box_iou import (
     iou_loss,
 )
 from .multiclass_nms import multiclass_nms
+from .soft_nms import soft_nms
 
 __all__ = [
     "box_iou",
@@ -27,4 +28,5 @@ __all__ = [
     "diou_loss",
     "ciou_loss",
     "multiclass_nms",
+    "soft_nms",
 ]
