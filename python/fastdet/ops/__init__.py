@@ -15,6 +15,7 @@ from .box_iou import (
     giou_loss,
     iou_loss,
 )
+from .nms import batched_nms, nms
 
 __all__ = [
     "box_iou",
@@ -25,4 +26,6 @@ __all__ = [
     "giou_loss",
     "diou_loss",
     "ciou_loss",
+    "nms",
+    "batched_nms",
 ]
