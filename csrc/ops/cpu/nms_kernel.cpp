@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "ops/nms.h"
@@ -65,9 +66,36 @@ void stable_radix_sort(const std::vector<int64_t>& keys, std::vector<int64_t>& p
 template <typename acc_t>
 struct Workspace {
   std::vector<acc_t> x1, y1, x2, y2, area;
+  // Dead flags as wide as the coordinates so the suppression pass vectorises cleanly.
+  using flag_t = std::conditional_t<sizeof(acc_t) == 4, int32_t, int64_t>;
   std::vector<int64_t> rank;  // score rank of the box (index into the score order)
-  std::vector<uint8_t> dead;
+  std::vector<flag_t> dead;
 };
+
+// Marks dead[j] for j in [begin, end) when nms_iou(a, box j) > thr; returns how many were newly
+// marked. Branch-free so the compiler vectorises it; the same arithmetic, in the same order, as
+// nms_iou (box_geometry.h). Built for AVX2 and baseline x86-64, picked at run time (no FMA, so the
+// rounding is the same in both and on every machine).
+template <typename acc_t, typename flag_t>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+int64_t suppress_pass(acc_t ax1, acc_t ay1, acc_t ax2, acc_t ay2, acc_t aa, const acc_t* __restrict__ x1,
+                      const acc_t* __restrict__ y1, const acc_t* __restrict__ x2, const acc_t* __restrict__ y2,
+                      const acc_t* __restrict__ area, flag_t* __restrict__ dead, int64_t begin, int64_t end,
+                      acc_t thr) {
+  flag_t newly = 0;
+  for (int64_t j = begin; j < end; ++j) {
+    const acc_t iw = clamp_min_zero(min_of(ax2, x2[j]) - max_of(ax1, x1[j]));
+    const acc_t ih = clamp_min_zero(min_of(ay2, y2[j]) - max_of(ay1, y1[j]));
+    const acc_t inter = iw * ih;
+    const acc_t iou = inter / (aa + area[j] - inter);
+    const flag_t s = iou > thr ? 1 : 0;
+    newly += s & (dead[j] ^ 1);
+    dead[j] |= s;
+  }
+  return static_cast<int64_t>(newly);
+}
 
 // Greedy NMS over slice [b, b + n) of the workspace (in visiting order). Calls keep(rank) for every
 // kept box, in order, at most max_keep times. The slice is reordered/compacted in place.
@@ -79,7 +107,7 @@ void greedy_nms(Workspace<acc_t>& w, int64_t b, int64_t n, acc_t thr, int64_t ma
   acc_t* __restrict__ y2 = w.y2.data() + b;
   acc_t* __restrict__ area = w.area.data() + b;
   int64_t* __restrict__ rank = w.rank.data() + b;
-  uint8_t* __restrict__ dead = w.dead.data() + b;
+  auto* __restrict__ dead = w.dead.data() + b;
   int64_t m = n;        // live prefix length (entries >= m were squeezed out)
   int64_t dead_in = 0;  // dead entries in [i, m)
   int64_t kept = 0;
@@ -92,18 +120,7 @@ void greedy_nms(Workspace<acc_t>& w, int64_t b, int64_t n, acc_t thr, int64_t ma
     keep(rank[i]);
     ++kept;
     const acc_t ax1 = x1[i], ay1 = y1[i], ax2 = x2[i], ay2 = y2[i], aa = area[i];
-    int64_t newly = 0;
-    // Branch-free so the compiler vectorises it; same arithmetic as nms_iou (box_geometry.h).
-    for (int64_t j = i + 1; j < m; ++j) {
-      const acc_t iw = clamp_min_zero(min_of(ax2, x2[j]) - max_of(ax1, x1[j]));
-      const acc_t ih = clamp_min_zero(min_of(ay2, y2[j]) - max_of(ay1, y1[j]));
-      const acc_t inter = iw * ih;
-      const acc_t iou = inter / (aa + area[j] - inter);
-      const uint8_t s = iou > thr ? 1 : 0;
-      newly += s & static_cast<uint8_t>(dead[j] ^ 1);
-      dead[j] |= s;
-    }
-    dead_in += newly;
+    dead_in += suppress_pass(ax1, ay1, ax2, ay2, aa, x1, y1, x2, y2, area, dead, i + 1, m, thr);
     ++i;
     if (dead_in > 16 && 4 * dead_in > m - i) {  // squeeze the dead out of [i, m)
       int64_t o = i;
