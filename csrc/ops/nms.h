@@ -55,6 +55,9 @@ FASTDET_HD int64_t score_sort_key(double s) {
 // float-vs-double comparison bit for bit.
 template <typename acc_t>
 inline acc_t threshold_floor(double t) {
+  constexpr acc_t kMax = std::numeric_limits<acc_t>::max(), kInf = std::numeric_limits<acc_t>::infinity();
+  if (t > static_cast<double>(kMax)) return t == std::numeric_limits<double>::infinity() ? kInf : kMax;
+  if (t < -static_cast<double>(kMax)) return -kInf;  // (float conversion out of range is undefined)
   acc_t f = static_cast<acc_t>(t);
   if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<acc_t>::infinity());
   return f;

@@ -97,6 +97,17 @@ def test_ties_broken_by_lower_index(device):
     assert ops.nms(boxes[:3] + torch.arange(3, device=device).view(3, 1) * 100, zeros[[1, 0, 2]], 0.5).tolist() == [0, 1, 2]
 
 
+def test_threshold_compared_exactly(device):
+    # IoU 1.0 (exact in fp32) is > 0.99999999999 as a double, though the threshold rounds to 1.0 in
+    # fp32; infinite thresholds and ones beyond the fp32 range work too.
+    boxes = torch.tensor([[0, 0, 10, 10]] * 2, dtype=torch.float32, device=device)
+    scores = torch.tensor([1.0, 2.0], device=device)
+    for t, expected in ((0.99999999999, [1]), (1.0, [1, 0]), (1e300, [1, 0]), (float("inf"), [1, 0]),
+                        (-1e300, [1]), (float("-inf"), [1])):
+        assert ops.nms(boxes, scores, t).tolist() == expected
+        assert torchvision.ops.nms(boxes, scores, t).tolist() == expected
+
+
 def test_adversarial_boxes(device):
     boxes = adversarial_boxes(device=device)
     scores = tie_free_scores(len(boxes), device=device, seed=5)

@@ -20,6 +20,8 @@
 //     are no races). Kept boxes are flagged by score rank on the device — the mask never leaves the
 //     GPU.
 //  5. keep = order[flags]: already sorted by score rank; its size is the only other host read.
+// The 64-bit suppression-mask idea is torchvision's (torchvision/csrc/ops/cuda/nms_kernel.cu); the
+// segmented layout, the on-device walk and the code here are fastdet's own.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
