@@ -16,6 +16,7 @@ from .box_iou import (
     iou_loss,
 )
 from .multiclass_nms import multiclass_nms
+from .nms import batched_nms, nms
 from .soft_nms import soft_nms
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "giou_loss",
     "diou_loss",
     "ciou_loss",
+    "nms",
+    "batched_nms",
     "multiclass_nms",
     "soft_nms",
 ]
