@@ -1,14 +1,6 @@
-import pytest
+"""pytest-benchmark view of fastdet.bench.soft_nms (the cases of `fastdet bench --ops soft_nms --quick`)."""
 
 from fastdet.bench import soft_nms as suite
+from fastdet.bench._harness import pytest_benchmark_test
 
-CASES = suite.cases("cpu", quick=True)
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("impl", ["fastdet", "peer"])
-def test_soft_nms(benchmark, case, impl):
-    fn = case.fastdet if impl == "fastdet" else case.peer
-    if fn is None:
-        pytest.skip("no peer")
-    benchmark(fn)
+test_soft_nms = pytest_benchmark_test(suite)

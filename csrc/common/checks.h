@@ -24,9 +24,13 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* arg)
 // boxes: a floating tensor of rank in [min_dim, max_dim] whose last dimension is 4.
 inline void check_boxes(const at::Tensor& t, const char* op, const char* arg, int64_t min_dim = 2,
                         int64_t max_dim = 2) {
-  TORCH_CHECK(t.dim() >= min_dim && t.dim() <= max_dim && t.size(-1) == 4, "fastdet::", op, ": ",
-              arg, " must have shape ", min_dim == 2 && max_dim == 2 ? "[N, 4]" : "[..., 4]",
-              " with ", min_dim, " to ", max_dim, " dimensions, got ", shape_str(t));
+  const bool ok = t.dim() >= min_dim && t.dim() <= max_dim && t.size(-1) == 4;
+  if (min_dim == 2 && max_dim == 2) {
+    TORCH_CHECK(ok, "fastdet::", op, ": ", arg, " must have shape [N, 4], got ", shape_str(t));
+  } else {
+    TORCH_CHECK(ok, "fastdet::", op, ": ", arg, " must have shape [..., 4] with ", min_dim, " to ", max_dim,
+                " dimensions, got ", shape_str(t));
+  }
   check_floating(t, op, arg);
 }
 
@@ -40,6 +44,23 @@ inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const cha
                              const char* arg_a, const char* arg_b) {
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fastdet::", op, ": ", arg_a, " and ", arg_b,
               " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+}
+
+// boxes [N, 4] with scores [N] of the same dtype and, when given, int64 class ids idxs [N], all
+// on one device (the inputs of the NMS family).
+inline void check_scored_boxes(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                               const char* op) {
+  check_boxes(boxes, op, "boxes");
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "fastdet::", op,
+              ": scores must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ", shape_str(scores));
+  check_same_device(boxes, scores, op, "boxes", "scores");
+  check_same_dtype(boxes, scores, op, "boxes", "scores");
+  if (idxs == nullptr) return;
+  TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), "fastdet::", op,
+              ": idxs must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ", shape_str(*idxs));
+  TORCH_CHECK(idxs->scalar_type() == at::kLong, "fastdet::", op, ": idxs must be an int64 tensor, got ",
+              idxs->scalar_type());
+  check_same_device(boxes, *idxs, op, "boxes", "idxs");
 }
 
 inline void check_threshold(double v, const char* op, const char* arg) {

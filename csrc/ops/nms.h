@@ -78,26 +78,13 @@ struct NmsProblem {
 
 inline NmsProblem prepare_nms(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
                               const at::Tensor* idxs, double iou_threshold) {
-  check_boxes(boxes, op, "boxes");
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "fastdet::", op,
-              ": scores must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-              shape_str(scores));
-  check_same_device(boxes, scores, op, "boxes", "scores");
-  check_same_dtype(boxes, scores, op, "boxes", "scores");
+  check_scored_boxes(boxes, scores, idxs, op);
   check_threshold(iou_threshold, op, "iou_threshold");
   NmsProblem p;
   p.n = boxes.size(0);
   p.boxes = boxes.contiguous();
   p.scores = scores.contiguous();
-  if (idxs != nullptr) {
-    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), "fastdet::", op,
-                ": idxs must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ",
-                shape_str(*idxs));
-    TORCH_CHECK(idxs->scalar_type() == at::kLong, "fastdet::", op, ": idxs must be an int64 tensor, got ",
-                idxs->scalar_type());
-    check_same_device(boxes, *idxs, op, "boxes", "idxs");
-    p.idxs = idxs->contiguous();
-  }
+  if (idxs != nullptr) p.idxs = idxs->contiguous();
   return p;
 }
 

@@ -70,19 +70,8 @@ inline SoftNmsProblem prepare_soft_nms(const at::Tensor& boxes, const at::Tensor
   check_threshold(iou_threshold, op, "iou_threshold");
   check_threshold(min_score, op, "min_score");
   TORCH_CHECK(sigma > 0, "fastdet::soft_nms: sigma must be > 0, got ", sigma);
-  check_boxes(boxes, op, "boxes");
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "fastdet::soft_nms: scores must have shape [N] ",
-              "with N = boxes.size(0) = ", boxes.size(0), ", got ", shape_str(scores));
-  check_same_device(boxes, scores, op, "boxes", "scores");
-  check_same_dtype(boxes, scores, op, "boxes", "scores");
-  if (idxs.has_value()) {
-    const at::Tensor& c = *idxs;
-    TORCH_CHECK(c.dim() == 1 && c.size(0) == boxes.size(0), "fastdet::soft_nms: idxs must have shape [N] ",
-                "with N = boxes.size(0) = ", boxes.size(0), ", got ", shape_str(c));
-    TORCH_CHECK(c.scalar_type() == at::kLong, "fastdet::soft_nms: idxs must be an int64 tensor, got ", c.scalar_type());
-    check_same_device(boxes, c, op, "boxes", "idxs");
-    p.idxs = c.contiguous();
-  }
+  check_scored_boxes(boxes, scores, idxs.has_value() ? &*idxs : nullptr, op);
+  if (idxs.has_value()) p.idxs = idxs->contiguous();
   p.boxes = boxes.contiguous();
   p.scores = scores.contiguous();
   p.n = boxes.size(0);

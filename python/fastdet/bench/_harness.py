@@ -67,6 +67,22 @@ def measure(fn: Callable[[], object], device: str, *, warmup: int = 3, repeats: 
     return Timing(statistics.median(samples), samples)
 
 
+def pytest_benchmark_test(suite):
+    """A pytest-benchmark test over suite.cases("cpu", quick=True), fastdet and peer side by side;
+    bench/bench_<op>.py is `test_<op> = pytest_benchmark_test(fastdet.bench.<op>)`."""
+    import pytest
+
+    @pytest.mark.parametrize("impl", ["fastdet", "peer"])
+    @pytest.mark.parametrize("case", suite.cases("cpu", quick=True), ids=lambda c: c.id)
+    def test(benchmark, case, impl):
+        fn = case.fastdet if impl == "fastdet" else case.peer
+        if fn is None:
+            pytest.skip("no peer")
+        benchmark(fn)
+
+    return test
+
+
 # ---- running suites -------------------------------------------------------------------------------
 
 

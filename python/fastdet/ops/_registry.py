@@ -34,6 +34,24 @@ def check(cond: bool, op_name: str, message: str) -> None:
     torch._check(cond, lambda: f"fastdet::{op_name}: {message}")
 
 
+def check_scored_boxes(op_name: str, boxes, scores, idxs=None) -> None:
+    """Fake-kernel twin of the C++ check_scored_boxes (csrc/common/checks.h): boxes [N, 4], scores
+    [N] of the same dtype and device, optional int64 class ids idxs [N]."""
+    n = boxes.shape[0] if boxes.dim() >= 1 else 0
+    check(boxes.dim() == 2 and boxes.shape[-1] == 4, op_name, f"boxes must have shape [N, 4], got {list(boxes.shape)}")
+    check(boxes.dtype.is_floating_point, op_name,
+          f"boxes must be a floating-point tensor (float16, bfloat16, float32 or float64), got {boxes.dtype}")
+    check(scores.dim() == 1 and scores.shape[0] == n, op_name,
+          f"scores must have shape [N] with N = boxes.size(0) = {n}, got {list(scores.shape)}")
+    check(boxes.device == scores.device, op_name, f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
+    check(boxes.dtype == scores.dtype, op_name, f"boxes and scores must have the same dtype, got {boxes.dtype} and {scores.dtype}")
+    if idxs is not None:
+        check(idxs.dim() == 1 and idxs.shape[0] == n, op_name,
+              f"idxs must have shape [N] with N = boxes.size(0) = {n}, got {list(idxs.shape)}")
+        check(idxs.dtype == torch.int64, op_name, f"idxs must be an int64 tensor, got {idxs.dtype}")
+        check(boxes.device == idxs.device, op_name, f"boxes and idxs must be on the same device, got {boxes.device} and {idxs.device}")
+
+
 def reduce_loss(loss: torch.Tensor, reduction: str, op_name: str) -> torch.Tensor:
     """torchvision's loss reduction: 'none' | 'mean' | 'sum'; the mean of nothing is 0."""
     if reduction == "none":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import check, op, register_fp32_autocast
+from ._registry import check, check_scored_boxes, op, register_fp32_autocast
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int = -1) -> Tensor:
@@ -69,32 +69,19 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 # ---- fake kernels: the C++ checks restated, and the output metadata ------------------------------
 
 
-def _check(name: str, boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None) -> None:
-    check(boxes.dim() == 2 and boxes.shape[-1] == 4, name, f"boxes must have shape [N, 4] with 2 to 2 dimensions, got {list(boxes.shape)}")
-    check(boxes.dtype.is_floating_point, name, f"boxes must be a floating-point tensor (float16, bfloat16, float32 or float64), got {boxes.dtype}")
-    check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], name,
-          f"scores must have shape [N] with N = boxes.size(0) = {boxes.shape[0]}, got {list(scores.shape)}")
-    check(boxes.device == scores.device, name, f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
-    check(boxes.dtype == scores.dtype, name, f"boxes and scores must have the same dtype, got {boxes.dtype} and {scores.dtype}")
-    check(iou_threshold == iou_threshold, name, "iou_threshold must be a number, got NaN")
-    if idxs is not None:
-        check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], name,
-              f"idxs must have shape [N] with N = boxes.size(0) = {boxes.shape[0]}, got {list(idxs.shape)}")
-        check(idxs.dtype == torch.int64, name, f"idxs must be an int64 tensor, got {idxs.dtype}")
-        check(boxes.device == idxs.device, name, f"boxes and idxs must be on the same device, got {boxes.device} and {idxs.device}")
-
-
 @torch.library.register_fake("fastdet::nms")
 def _nms_fake(boxes, scores, iou_threshold, max_output=-1):
     check(max_output >= -1, "nms", f"max_output must be -1 (keep all) or >= 0, got {max_output}")
-    _check("nms", boxes, scores, iou_threshold)
+    check_scored_boxes("nms", boxes, scores)
+    check(iou_threshold == iou_threshold, "nms", "iou_threshold must be a number, got NaN")
     k = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((k,), dtype=torch.int64)
 
 
 @torch.library.register_fake("fastdet::batched_nms")
 def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
-    _check("batched_nms", boxes, scores, iou_threshold, idxs)
+    check_scored_boxes("batched_nms", boxes, scores, idxs)
+    check(iou_threshold == iou_threshold, "batched_nms", "iou_threshold must be a number, got NaN")
     k = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((k,), dtype=torch.int64)
 

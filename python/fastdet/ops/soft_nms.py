@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import check, op, register_fp32_autocast
+from ._registry import check, check_scored_boxes, op, register_fp32_autocast
 
 _METHODS = ("linear", "gaussian")
 
@@ -71,17 +71,7 @@ def _soft_nms_fake(boxes, scores, iou_threshold=0.3, sigma=0.5, min_score=0.001,
     check(iou_threshold == iou_threshold, name, "iou_threshold must be a number, got NaN")
     check(min_score == min_score, name, "min_score must be a number, got NaN")
     check(sigma > 0, name, f"sigma must be > 0, got {sigma}")
-    check(boxes.dim() == 2 and boxes.shape[-1] == 4, name, f"boxes must have shape [N, 4], got {list(boxes.shape)}")
-    check(boxes.dtype.is_floating_point, name, f"boxes must be a floating-point tensor, got {boxes.dtype}")
-    check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], name,
-          f"scores must have shape [N] with N = boxes.size(0) = {boxes.shape[0]}, got {list(scores.shape)}")
-    check(boxes.device == scores.device, name, f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
-    check(boxes.dtype == scores.dtype, name, f"boxes and scores must have the same dtype, got {boxes.dtype} and {scores.dtype}")
-    if idxs is not None:
-        check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], name,
-              f"idxs must have shape [N] with N = boxes.size(0) = {boxes.shape[0]}, got {list(idxs.shape)}")
-        check(idxs.dtype == torch.int64, name, f"idxs must be an int64 tensor, got {idxs.dtype}")
-        check(idxs.device == boxes.device, name, f"boxes and idxs must be on the same device, got {boxes.device} and {idxs.device}")
+    check_scored_boxes(name, boxes, scores, idxs)
     ctx = torch.library.get_ctx()
     k = ctx.new_dynamic_size()
     return boxes.new_empty((k,), dtype=torch.int64), scores.new_empty((k,))
