@@ -3,5 +3,5 @@
 #if defined(__CUDACC__)
 #define FASTDET_HD __host__ __device__ __forceinline__
 #else
-#define FASTDET_HD inline
+#define FASTDET_HD inline __attribute__((always_inline))
 #endif
