@@ -15,6 +15,7 @@ from .box_iou import (
     giou_loss,
     iou_loss,
 )
+from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
 from .soft_nms import soft_nms
@@ -32,4 +33,7 @@ __all__ = [
     "batched_nms",
     "multiclass_nms",
     "soft_nms",
+    "corner_pool",
+    "corner_pool_sum",
+    "CornerPool",
 ]
