@@ -48,7 +48,7 @@ inline void select_row(const T* __restrict__ x, T* __restrict__ m, T* __restrict
 // in a small buffer. NB: the hardware prefetchers do not follow a bottom-up walk over short rows
 // (top mode measured 3-8x slower than bottom on the same data), so that walk prefetches
 // kPrefetchRows rows ahead itself.
-constexpr int64_t kPrefetchRows = 32;
+constexpr int64_t kPrefetchRows = 8;
 template <typename T>
 void vpool_plane(const T* in, T* out, int64_t h, int64_t w, int64_t j0, int64_t j1, bool backwards) {
   T m[kColBlock];
@@ -70,24 +70,22 @@ void vpool_plane(const T* in, T* out, int64_t h, int64_t w, int64_t j0, int64_t 
 // (independent chains the CPU overlaps) with branch-free updates (random data would mispredict).
 constexpr int kRowGroup = 8;
 
-// Horizontal pool of NR rows of width w starting at in; emit(r, j, running max).
+// Horizontal pool of NR rows of width w starting at in; emit(r, j, running max). Each scan step
+// gathers one column of the NR rows into a small buffer and updates the NR running maxima with
+// one vectorised select (select_row), so the NR serial chains advance together.
 template <int NR, typename T, typename Emit>
 inline void hpool_rows_fixed(const T* in, int64_t w, bool backwards, Emit& emit) {
-  using acc_t = at::opmath_type<T>;
   const int64_t first = backwards ? w - 1 : 0, step = backwards ? -1 : 1;
-  T m[NR];
+  T m[NR], x[NR], o[NR];
   for (int r = 0; r < NR; ++r) {
     m[r] = in[r * w + first];
     emit(r, first, m[r]);
   }
   for (int64_t k = 1; k < w; ++k) {
     const int64_t j = first + k * step;
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-      const T x = in[r * w + j];
-      m[r] = cummax_takes<acc_t>(static_cast<acc_t>(x), static_cast<acc_t>(m[r])) ? x : m[r];
-      emit(r, j, m[r]);
-    }
+    for (int r = 0; r < NR; ++r) x[r] = in[r * w + j];
+    select_row(x, m, o, NR);
+    for (int r = 0; r < NR; ++r) emit(r, j, o[r]);
   }
 }
 
@@ -188,6 +186,12 @@ void vpool_backward_plane(const T* g, const T* in, T* gi, int64_t h, int64_t w, 
     const int64_t r = first + k * step;
     const T* x = in + r * w + j0;
     const T* gr = g + r * w + j0;
+    if (backwards && r >= kPrefetchRows) {  // see vpool_plane
+      for (int64_t j = 0; j < n; j += 64 / sizeof(T)) {
+        __builtin_prefetch(x - kPrefetchRows * w + j);
+        __builtin_prefetch(gr - kPrefetchRows * w + j);
+      }
+    }
     for (int64_t j = 0; j < n; ++j) {  // columns are independent chains
       backward_step<T>(static_cast<acc_t>(x[j]), static_cast<acc_t>(gr[j]), r, w, gi + j0 + j, best[j], acc[j],
                        arg[j]);
