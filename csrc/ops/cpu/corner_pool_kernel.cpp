@@ -2,12 +2,13 @@
 // flips, no index tensor.
 //
 // A plane is one [H, W] slice of the contiguous [N, C, H, W] input.
-// Vertical modes (top/bottom): rows are visited in scan order and the running max of every column
-//   is the previous output row, so the inner loop runs across adjacent columns (contiguous, no
-//   loop-carried dependency: it vectorises). Work items are (plane, block of columns).
-// Horizontal modes (left/right): each row is one sequential scan; work items are rows.
-// Fused corner_pool_sum: per plane, rows in the vertical scan order; the running column max of a
-//   lives in a row buffer and each output row is written once as vmax(a) + hscan(b).
+// Vertical modes (top/bottom): rows are visited in scan order with the running max of every column
+//   in a small buffer, so the inner loop runs across adjacent columns (contiguous, no loop-carried
+//   dependency: it vectorises). Work items are (plane, block of columns).
+// Horizontal modes (left/right): a row is a serial scan, so rows are scanned in groups of 8 side by
+//   side (one vectorised select per column step); work items are row groups.
+// Fused corner_pool_sum: per plane, the vertical pool of a is written to out and the horizontal
+//   scan of b then adds to it while the plane is still in cache.
 // Backward recomputes the running argmax by scanning the input in the same direction: the
 //   gradient of a run of outputs that share one argmax is accumulated (in the math type, in scan
 //   order, the order the reference's scatter_add uses) and flushed to the argmax when it changes.
