@@ -1,21 +1,26 @@
 // CPU kernels of fastdet::border_align (no other library has one).
 //
-// Forward: the sampling points of a box do not depend on the channel, so work is split into
-// blocks of kBoxBlock boxes of one image (run in parallel); a block first computes the bilinear
-// corners of all its 4 * (pool_size + 1) points per box once, then walks every channel of every
-// border block reusing them (one H x W plane is read by consecutive boxes, so it stays in cache).
+// Forward: the sampling points of a box do not depend on the channel, so the features are first
+// copied to channels-last [N, 4, H, W, C] (in the math type); then per (image, box, border) each
+// point's bilinear corners are computed once and the weighted sum and running maximum run as
+// vector loops over the C contiguous channels. Boxes run in parallel.
 // Ties keep the first maximum in sampling order; a NaN sample wins over numbers (as torch.max).
 // Backward: grad_input[n, k*C + c] is written only by output column k of channel c of image n, so
-// each (n, k, c) plane is owned by one task: the arg-max point is re-derived from the box and the
-// stored index and its 4 corner weights are scattered with bounds checks. Deterministic, no atomics.
+// each (n, channel block) slice is owned by one task: the arg-max point is re-derived from the
+// box and the stored index and its 4 corner weights are scattered with bounds checks.
+// Deterministic, no atomics.
 // Half inputs accumulate in fp32 (at::opmath_type) and are rounded once at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/permute.h>
+#include <ATen/ops/view.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "ops/border_align.h"
@@ -23,50 +28,75 @@
 namespace fastdet {
 namespace {
 
-constexpr int64_t kBoxBlock = 32;
+// One point's weighted sums over C contiguous channels folded into the running maximum: strict >
+// keeps the first maximum; NaN never compares greater, so the first NaN index is tracked apart.
+// Written branch-free over restrict pointers so that it vectorises.
+template <typename acc_t>
+void max_update(const acc_t* __restrict__ v00, const acc_t* __restrict__ v01, const acc_t* __restrict__ v10,
+                const acc_t* __restrict__ v11, acc_t w00, acc_t w01, acc_t w10, acc_t w11, int64_t c_n, int32_t i,
+                acc_t* __restrict__ best, int32_t* __restrict__ arg, int32_t* __restrict__ nan_arg) {
+  for (int64_t c = 0; c < c_n; ++c) {
+    const acc_t v = w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c];
+    const acc_t b = best[c];
+    const int32_t a = arg[c], na = nan_arg[c];
+    // NB: integer 0/1 masks and arithmetic selects: with bool conditions GCC sees control flow
+    // and does not vectorise the loop.
+    const int32_t better = v > b;
+    const int32_t first_nan = static_cast<int32_t>(v != v) & static_cast<int32_t>(na < 0);
+    best[c] = better ? v : b;
+    arg[c] = a + better * (i - a);
+    nan_arg[c] = na + first_nan * (i - na);
+  }
+}
 
+// Forward on channels-last features xt [N, 4, H, W, C] in the math type: for one (image, box,
+// border) the pool_size + 1 points are computed once, and each point's 4 corners are C
+// contiguous values, so the weighted sum and the running maximum are vector loops over channels.
 template <typename T>
-void border_align_forward_impl(const BorderAlignProblem& p, at::Tensor& out, at::Tensor& argmax) {
+void border_align_forward_impl(const BorderAlignProblem& p, const at::Tensor& xt, at::Tensor& out,
+                               at::Tensor& argmax) {
   using acc_t = at::opmath_type<T>;
-  const T* in = p.input.const_data_ptr<T>();
+  const acc_t* in = xt.const_data_ptr<acc_t>();
   const T* bx = p.boxes.const_data_ptr<T>();
   T* o = out.data_ptr<T>();
   int32_t* am = argmax.data_ptr<int32_t>();
-  const int64_t n_img = p.n, c_n = p.c, hw = p.hw, h = p.h, w = p.w, ps = p.pool_size, np = ps + 1;
-  const int64_t blocks_per_img = (hw + kBoxBlock - 1) / kBoxBlock;
-  at::parallel_for(0, n_img * blocks_per_img, 1, [&](int64_t begin, int64_t end) {
-    std::vector<BilinearCorners<acc_t>> table;  // [4][block boxes][pool_size + 1]
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t n = blk / blocks_per_img;
-      const int64_t j0 = (blk % blocks_per_img) * kBoxBlock, j1 = std::min(hw, j0 + kBoxBlock), nb = j1 - j0;
-      table.resize(4 * nb * np);
-      for (int64_t j = j0; j < j1; ++j) {
-        const Box<acc_t> b = load_box<acc_t>(bx, n * hw + j);
-        for (int k = 0; k < 4; ++k) {
-          const BorderLine<acc_t> line = border_line(b, k, ps);
-          BilinearCorners<acc_t>* t = table.data() + (k * nb + (j - j0)) * np;
-          for (int64_t i = 0; i < np; ++i) t[i] = border_point_corners(line, i, h, w);
-        }
-      }
+  const int64_t c_n = p.c, hw = p.hw, h = p.h, w = p.w, ps = p.pool_size;
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(c_n * ps, 1));
+  at::parallel_for(0, p.n * hw, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(c_n);
+    std::vector<int32_t> arg(c_n), nan_arg(c_n);
+    for (int64_t nj = begin; nj < end; ++nj) {  // (n, j)
+      const int64_t n = nj / hw, j = nj % hw;
+      const Box<acc_t> b = load_box<acc_t>(bx, nj);
       for (int k = 0; k < 4; ++k) {
-        for (int64_t c = 0; c < c_n; ++c) {
-          const T* plane = in + ((n * 4 + k) * c_n + c) * hw;
-          const int64_t out_row = (n * c_n + c) * hw;
-          for (int64_t j = j0; j < j1; ++j) {
-            const BilinearCorners<acc_t>* t = table.data() + (k * nb + (j - j0)) * np;
-            acc_t best = bilinear_sample(plane, t[0]);
-            int32_t arg = 0;
-            for (int64_t i = 1; i < np; ++i) {
-              const acc_t v = bilinear_sample(plane, t[i]);
-              // NB: strict > keeps the first maximum; the second clause lets the first NaN win.
-              if (v > best || (v != v && best == best)) {
-                best = v;
-                arg = static_cast<int32_t>(i);
-              }
+        const acc_t* planes = in + (n * 4 + k) * hw * c_n;  // [H*W, C]
+        const BorderLine<acc_t> line = border_line(b, k, ps);
+        acc_t* bst = best.data();
+        int32_t* ag = arg.data();
+        int32_t* na = nan_arg.data();
+        std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
+        std::fill(arg.begin(), arg.end(), 0);
+        std::fill(nan_arg.begin(), nan_arg.end(), -1);
+        for (int64_t i = 0; i <= ps; ++i) {
+          const BilinearCorners<acc_t> cr = border_point_corners(line, i, h, w);
+          const int32_t ii = static_cast<int32_t>(i);
+          if (cr.valid) {
+            max_update(planes + cr.o00 * c_n, planes + cr.o01 * c_n, planes + cr.o10 * c_n, planes + cr.o11 * c_n,
+                       cr.w00, cr.w01, cr.w10, cr.w11, c_n, ii, bst, ag, na);
+          } else {  // the point samples 0 in every channel
+            for (int64_t c = 0; c < c_n; ++c) {
+              const acc_t b = bst[c];
+              const int32_t better = acc_t(0) > b;
+              bst[c] = better ? acc_t(0) : b;
+              ag[c] = ag[c] + better * (ii - ag[c]);
             }
-            o[(out_row + j) * 4 + k] = static_cast<T>(best);
-            am[(out_row + j) * 4 + k] = arg;
           }
+        }
+        for (int64_t c = 0; c < c_n; ++c) {
+          const int64_t oi = ((n * c_n + c) * hw + j) * 4 + k;
+          const bool has_nan = na[c] >= 0;  // the first NaN sample wins (as torch.max)
+          o[oi] = static_cast<T>(has_nan ? std::numeric_limits<acc_t>::quiet_NaN() : bst[c]);
+          am[oi] = has_nan ? na[c] : ag[c];
         }
       }
     }
@@ -79,40 +109,65 @@ std::tuple<at::Tensor, at::Tensor> border_align_cpu(const at::Tensor& input, con
   at::Tensor out = at::empty({p.n, p.c, p.hw, 4}, input.options());
   at::Tensor argmax = at::empty({p.n, p.c, p.hw, 4}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
+  // [N, 4C, H, W] -> [N, 4, H, W, C] in the math type (one pass over the input).
+  const at::ScalarType acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xt = p.input.view({p.n, 4, p.c, p.h, p.w}).permute({0, 1, 3, 4, 2}).to(acc_dtype).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "border_align_cpu", [&] {
-    border_align_forward_impl<scalar_t>(p, out, argmax);
+    border_align_forward_impl<scalar_t>(p, xt, out, argmax);
   });
   return {out, argmax};
 }
 
+// Backward into a channels-last buffer gt [N, 4, H, W, C] (math type). A task owns one
+// (image, block of kChannelBlock channels) slice of it, so there are no write conflicts
+// and the sum order is fixed. For each box the corners of a point are computed the first time a
+// channel of the block needs them (memoised per box: channels of one box share their points).
+constexpr int64_t kChannelBlock = 16;
+
 template <typename T>
 void border_align_backward_impl(const BorderAlignProblem& p, const at::Tensor& grad, const at::Tensor& argmax,
-                                at::Tensor& grad_input) {
+                                at::Tensor& gt) {
   using acc_t = at::opmath_type<T>;
   const T* g = grad.const_data_ptr<T>();
   const int32_t* am = argmax.const_data_ptr<int32_t>();
   const T* bx = p.boxes.const_data_ptr<T>();
-  acc_t* gi = grad_input.data_ptr<acc_t>();
+  acc_t* gi = gt.data_ptr<acc_t>();
   const int64_t c_n = p.c, hw = p.hw, h = p.h, w = p.w, ps = p.pool_size;
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hw, 1));
-  at::parallel_for(0, p.n * 4 * c_n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t plane_idx = begin; plane_idx < end; ++plane_idx) {  // (n, k, c)
-      const int64_t n = plane_idx / (4 * c_n);
-      const int k = static_cast<int>((plane_idx / c_n) % 4);
-      const int64_t c = plane_idx % c_n;
-      acc_t* plane = gi + plane_idx * hw;
-      const int64_t out_row = (n * c_n + c) * hw;
+  const int64_t c_blocks = (c_n + kChannelBlock - 1) / kChannelBlock;
+  const int64_t memo_points = std::min<int64_t>(ps + 1, 1 << 16);
+  at::parallel_for(0, p.n * c_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<BilinearCorners<acc_t>> memo(4 * memo_points);
+    std::vector<int64_t> memo_box;  // memo[k * memo_points + i] holds point i of border k of box memo_box[...]
+    for (int64_t task = begin; task < end; ++task) {  // (n, channel block)
+      const int64_t n = task / c_blocks;
+      const int64_t c0 = (task % c_blocks) * kChannelBlock, c1 = std::min(c_n, c0 + kChannelBlock);
+      memo_box.assign(4 * memo_points, -1);
       for (int64_t j = 0; j < hw; ++j) {
-        const int64_t oi = (out_row + j) * 4 + k;
-        const acc_t gv = static_cast<acc_t>(g[oi]);
-        if (gv == acc_t(0)) continue;
-        const BorderLine<acc_t> line = border_line(load_box<acc_t>(bx, n * hw + j), k, ps);
-        const BilinearCorners<acc_t> cr = border_point_corners(line, static_cast<int64_t>(am[oi]), h, w);
-        if (!cr.valid) continue;  // outside the map: no gradient (and no out-of-bounds write)
-        plane[cr.o00] += gv * cr.w00;
-        plane[cr.o01] += gv * cr.w01;
-        plane[cr.o10] += gv * cr.w10;
-        plane[cr.o11] += gv * cr.w11;
+        const Box<acc_t> b = load_box<acc_t>(bx, n * hw + j);
+        BorderLine<acc_t> lines[4];
+        for (int k = 0; k < 4; ++k) lines[k] = border_line(b, k, ps);
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t row = ((n * c_n + c) * hw + j) * 4;
+          for (int k = 0; k < 4; ++k) {
+            const acc_t gv = static_cast<acc_t>(g[row + k]);
+            if (gv == acc_t(0)) continue;
+            const int64_t i = am[row + k];
+            BilinearCorners<acc_t> cr;
+            if (i >= 0 && i < memo_points) {
+              const int64_t m = k * memo_points + i;
+              if (memo_box[m] != j) memo[m] = border_point_corners(lines[k], i, h, w), memo_box[m] = j;
+              cr = memo[m];
+            } else {  // not memoised (huge pool_size, or an index the forward never produces)
+              cr = border_point_corners(lines[k], i, h, w);
+            }
+            if (!cr.valid) continue;  // outside the map: no gradient (and no out-of-bounds write)
+            acc_t* slice = gi + (n * 4 + k) * hw * c_n + c;  // [H*W, C] slice of border k, at channel c
+            slice[cr.o00 * c_n] += gv * cr.w00;
+            slice[cr.o01 * c_n] += gv * cr.w01;
+            slice[cr.o10 * c_n] += gv * cr.w10;
+            slice[cr.o11 * c_n] += gv * cr.w11;
+          }
+        }
       }
     }
   });
@@ -123,14 +178,16 @@ at::Tensor border_align_backward_cpu(const at::Tensor& grad, const at::Tensor& b
   const BorderAlignProblem p = prepare_border_align_backward(grad, boxes, argmax, pool_size, height, width);
   const at::ScalarType dtype = grad.scalar_type();
   const at::ScalarType acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_input = at::zeros({p.n, 4 * p.c, p.h, p.w}, grad.options().dtype(acc_dtype));
-  if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(dtype);
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor a = argmax.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "border_align_backward_cpu", [&] {
-    border_align_backward_impl<scalar_t>(p, g, a, grad_input);
-  });
-  return grad_input.to(dtype);
+  at::Tensor gt = at::zeros({p.n, 4, p.h, p.w, p.c}, grad.options().dtype(acc_dtype));
+  if (grad.numel() > 0 && gt.numel() > 0) {
+    const at::Tensor g = grad.contiguous();
+    const at::Tensor a = argmax.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "border_align_backward_cpu", [&] {
+      border_align_backward_impl<scalar_t>(p, g, a, gt);
+    });
+  }
+  // [N, 4, H, W, C] -> [N, 4C, H, W] in the input's dtype.
+  return gt.permute({0, 1, 4, 2, 3}).reshape({p.n, 4 * p.c, p.h, p.w}).to(dtype).contiguous();
 }
 
 }  // namespace
