@@ -15,8 +15,9 @@ maximum is taken: ``output[n, c, j, k]``. Ties keep the first maximum in samplin
 Definitions where mmcv leaves things open:
 
 * A NaN or infinite box coordinate makes the affected points lie outside the map: they sample 0
-  and receive no gradient (never an out-of-bounds access). NaN feature values: a NaN sample wins
-  the maximum (as ``torch.max``); non-finite features otherwise follow IEEE arithmetic.
+  and receive no gradient (never an out-of-bounds access). NaN feature values: a sample is NaN
+  when any of its 4 bilinear corners is (even at weight 0, as in RoIAlign), and the first NaN
+  sample wins the maximum (as ``torch.max``); infinite features follow IEEE arithmetic.
 * Point i is ``start + i * step`` (mmcv accumulates the step; the points can differ in the last bit).
 * The backward only writes inside the map (mmcv's CUDA kernel writes out of bounds for points
   outside it). Its CUDA version uses atomics, so it is nondeterministic in the last bits (it raises
