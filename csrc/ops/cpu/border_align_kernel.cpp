@@ -6,7 +6,7 @@
 // vector loops over the C contiguous channels. Boxes run in parallel.
 // Ties keep the first maximum in sampling order; a NaN sample wins over numbers (as torch.max).
 // Backward: grad_input[n, k*C + c] is written only by output column k of channel c of image n, so
-// each (n, channel block) slice is owned by one task: the arg-max point is re-derived from the
+// each (n, c) group of 4 planes is owned by one task: the arg-max point is re-derived from the
 // box and the stored index and its 4 corner weights are scattered with bounds checks.
 // Deterministic, no atomics.
 // Half inputs accumulate in fp32 (at::opmath_type) and are rounded once at the end.
@@ -14,8 +14,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/permute.h>
-#include <ATen/ops/view.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -27,6 +25,25 @@
 
 namespace fastdet {
 namespace {
+
+// dst[b, c, r] = dst_t(src[b, r, c]) for src [B, R, C]: a blocked transpose (with the dtype
+// conversion), parallel over tiles; torch's generic permute copy is several times slower here.
+template <typename dst_t, typename src_t>
+void transpose_batched(const src_t* src, dst_t* dst, int64_t batches, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 32;
+  const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
+  at::parallel_for(0, batches * row_tiles * col_tiles, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / (row_tiles * col_tiles);
+      const int64_t r0 = (t / col_tiles) % row_tiles * kTile, c0 = t % col_tiles * kTile;
+      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+      const src_t* s = src + b * rows * cols;
+      dst_t* d = dst + b * rows * cols;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = static_cast<dst_t>(s[r * cols + c]);
+    }
+  });
+}
 
 // One point's weighted sums over C contiguous channels folded into the running maximum: strict >
 // keeps the first maximum; NaN never compares greater, so the first NaN index is tracked apart.
@@ -109,64 +126,47 @@ std::tuple<at::Tensor, at::Tensor> border_align_cpu(const at::Tensor& input, con
   at::Tensor out = at::empty({p.n, p.c, p.hw, 4}, input.options());
   at::Tensor argmax = at::empty({p.n, p.c, p.hw, 4}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
-  // [N, 4C, H, W] -> [N, 4, H, W, C] in the math type (one pass over the input).
   const at::ScalarType acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor xt = p.input.view({p.n, 4, p.c, p.h, p.w}).permute({0, 1, 3, 4, 2}).to(acc_dtype).contiguous();
+  at::Tensor xt = at::empty({p.n, 4, p.h, p.w, p.c}, input.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "border_align_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // [N, 4C, H, W] -> [N, 4, H, W, C] in the math type (one pass over the input).
+    transpose_batched(p.input.const_data_ptr<scalar_t>(), xt.data_ptr<acc_t>(), p.n * 4, p.c, p.hw);
     border_align_forward_impl<scalar_t>(p, xt, out, argmax);
   });
   return {out, argmax};
 }
 
-// Backward into a channels-last buffer gt [N, 4, H, W, C] (math type). A task owns one
-// (image, block of kChannelBlock channels) slice of it, so there are no write conflicts
-// and the sum order is fixed. For each box the corners of a point are computed the first time a
-// channel of the block needs them (memoised per box: channels of one box share their points).
-constexpr int64_t kChannelBlock = 16;
-
+// Backward: task (n, c) owns the 4 planes grad_input[n, k*C + c] (k = 0..3) and reads its
+// grad/argmax rows [H*W, 4] contiguously. Recomputing a point's corners per element is cheaper
+// than any table here (the loop is bound by memory, not arithmetic).
 template <typename T>
-void border_align_backward_impl(const BorderAlignProblem& p, const at::Tensor& grad, const at::Tensor& argmax,
-                                at::Tensor& gt) {
+void border_align_backward_impl(const BorderAlignProblem& p, const T* g, const int32_t* am,
+                                at::opmath_type<T>* gi) {
   using acc_t = at::opmath_type<T>;
-  const T* g = grad.const_data_ptr<T>();
-  const int32_t* am = argmax.const_data_ptr<int32_t>();
   const T* bx = p.boxes.const_data_ptr<T>();
-  acc_t* gi = gt.data_ptr<acc_t>();
   const int64_t c_n = p.c, hw = p.hw, h = p.h, w = p.w, ps = p.pool_size;
-  const int64_t c_blocks = (c_n + kChannelBlock - 1) / kChannelBlock;
-  const int64_t memo_points = std::min<int64_t>(ps + 1, 1 << 16);
-  at::parallel_for(0, p.n * c_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<BilinearCorners<acc_t>> memo(4 * memo_points);
-    std::vector<int64_t> memo_box;  // memo[k * memo_points + i] holds point i of border k of box memo_box[...]
-    for (int64_t task = begin; task < end; ++task) {  // (n, channel block)
-      const int64_t n = task / c_blocks;
-      const int64_t c0 = (task % c_blocks) * kChannelBlock, c1 = std::min(c_n, c0 + kChannelBlock);
-      memo_box.assign(4 * memo_points, -1);
+  const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(hw, 1));
+  at::parallel_for(0, p.n * c_n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {  // (n, c)
+      const int64_t n = nc / c_n, c = nc % c_n;
+      acc_t* planes[4];
+      for (int k = 0; k < 4; ++k) planes[k] = gi + ((n * 4 + k) * c_n + c) * hw;
+      const T* grow = g + nc * hw * 4;
+      const int32_t* arow = am + nc * hw * 4;
       for (int64_t j = 0; j < hw; ++j) {
         const Box<acc_t> b = load_box<acc_t>(bx, n * hw + j);
-        BorderLine<acc_t> lines[4];
-        for (int k = 0; k < 4; ++k) lines[k] = border_line(b, k, ps);
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t row = ((n * c_n + c) * hw + j) * 4;
-          for (int k = 0; k < 4; ++k) {
-            const acc_t gv = static_cast<acc_t>(g[row + k]);
-            if (gv == acc_t(0)) continue;
-            const int64_t i = am[row + k];
-            BilinearCorners<acc_t> cr;
-            if (i >= 0 && i < memo_points) {
-              const int64_t m = k * memo_points + i;
-              if (memo_box[m] != j) memo[m] = border_point_corners(lines[k], i, h, w), memo_box[m] = j;
-              cr = memo[m];
-            } else {  // not memoised (huge pool_size, or an index the forward never produces)
-              cr = border_point_corners(lines[k], i, h, w);
-            }
-            if (!cr.valid) continue;  // outside the map: no gradient (and no out-of-bounds write)
-            acc_t* slice = gi + (n * 4 + k) * hw * c_n + c;  // [H*W, C] slice of border k, at channel c
-            slice[cr.o00 * c_n] += gv * cr.w00;
-            slice[cr.o01 * c_n] += gv * cr.w01;
-            slice[cr.o10 * c_n] += gv * cr.w10;
-            slice[cr.o11 * c_n] += gv * cr.w11;
-          }
+        for (int k = 0; k < 4; ++k) {
+          const acc_t gv = static_cast<acc_t>(grow[j * 4 + k]);
+          if (gv == acc_t(0)) continue;
+          const BilinearCorners<acc_t> cr =
+              border_point_corners(border_line(b, k, ps), static_cast<int64_t>(arow[j * 4 + k]), h, w);
+          if (!cr.valid) continue;  // outside the map: no gradient (and no out-of-bounds write)
+          acc_t* plane = planes[k];
+          plane[cr.o00] += gv * cr.w00;
+          plane[cr.o01] += gv * cr.w01;
+          plane[cr.o10] += gv * cr.w10;
+          plane[cr.o11] += gv * cr.w11;
         }
       }
     }
@@ -178,16 +178,18 @@ at::Tensor border_align_backward_cpu(const at::Tensor& grad, const at::Tensor& b
   const BorderAlignProblem p = prepare_border_align_backward(grad, boxes, argmax, pool_size, height, width);
   const at::ScalarType dtype = grad.scalar_type();
   const at::ScalarType acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor gt = at::zeros({p.n, 4, p.h, p.w, p.c}, grad.options().dtype(acc_dtype));
-  if (grad.numel() > 0 && gt.numel() > 0) {
+  // Accumulates in the math type (fp32 for half inputs), rounded once at the end.
+  at::Tensor grad_input = at::zeros({p.n, 4 * p.c, p.h, p.w}, grad.options().dtype(acc_dtype));
+  if (grad.numel() > 0 && grad_input.numel() > 0) {
     const at::Tensor g = grad.contiguous();
     const at::Tensor a = argmax.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "border_align_backward_cpu", [&] {
-      border_align_backward_impl<scalar_t>(p, g, a, gt);
+      using acc_t = at::opmath_type<scalar_t>;
+      border_align_backward_impl<scalar_t>(p, g.const_data_ptr<scalar_t>(), a.const_data_ptr<int32_t>(),
+                                           grad_input.data_ptr<acc_t>());
     });
   }
-  // [N, 4, H, W, C] -> [N, 4C, H, W] in the input's dtype.
-  return gt.permute({0, 1, 4, 2, 3}).reshape({p.n, 4 * p.c, p.h, p.w}).to(dtype).contiguous();
+  return grad_input.to(dtype);
 }
 
 }  // namespace

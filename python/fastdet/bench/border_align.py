@@ -44,5 +44,6 @@ def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> l
                         fastdet=lambda s=step: s(ops.border_align),
                         peer=lambda s=step: s(reference.border_align),
                         peer_name="reference (pure PyTorch)",
-                        bytes_moved=feat.numel() * elem + grad.numel() * elem))
+                        # input read once + output [n, c, size*size, 4] written once
+                        bytes_moved=feat.numel() * elem + n * c * size * size * 4 * elem))
     return out
