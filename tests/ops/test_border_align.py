@@ -154,7 +154,7 @@ def test_nan_features_propagate_first_nan_wins(device):
 def test_huge_coordinates_fp16():
     x = torch.randn(1, 4, 3, 3).half()
     boxes = torch.tensor([60000.0, -60000.0, 65000.0, 1.0]).expand(1, 9, 4).half().contiguous()
-    boxes[0, 1] = torch.tensor([-65504.0, 0.0, 65504.0, 2.0])  # step 131008 / 2 would overflow fp16, not fp32
+    boxes[0, 1] = torch.tensor([-65504.0, 0.0, 65504.0, 2.0])  # x2 - x1 = 131008 overflows fp16, not the fp32 math
     out, argmax = OP(x, boxes, 2)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), ref.border_align(x.float(), boxes.float(), 2), rtol=0, atol=1e-3)
@@ -182,8 +182,7 @@ def test_non_contiguous_inputs(dtype, device):
     x, boxes = make(c=5, dtype=dtype, device=device, seed=7)
     expected, expected_arg = OP(x, boxes, 3)
     x_cl = x.to(memory_format=torch.channels_last)
-    x_sliced = torch.cat([x, x], 1)[:, ::2]  # strided copy of the same values
-    x_sliced = torch.stack([x, x], 2).flatten(1, 2)[:, ::2]
+    x_sliced = torch.stack([x, x], 2).flatten(1, 2)[:, ::2]  # a strided view with the same values
     assert not x_sliced.is_contiguous()
     boxes_nc = boxes.transpose(0, 1).contiguous().transpose(0, 1)
     assert not boxes_nc.is_contiguous()
