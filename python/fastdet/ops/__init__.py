@@ -5,6 +5,7 @@ which has CPU and CUDA kernels, a fake kernel for torch.compile / torch.export, 
 where it is differentiable. Pure-PyTorch references of every op are in `fastdet.ops._reference`.
 """
 
+from .border_align import BorderAlign, border_align
 from .box_iou import (
     box_iou,
     complete_box_iou,
@@ -21,6 +22,8 @@ from .nms import batched_nms, nms
 from .soft_nms import soft_nms
 
 __all__ = [
+    "border_align",
+    "BorderAlign",
     "box_iou",
     "generalized_box_iou",
     "distance_box_iou",
