@@ -73,4 +73,20 @@ inline at::Tensor prepare_pool_grad(const at::Tensor& grad, const at::Tensor& in
   return grad.to(input.scalar_type()).contiguous();
 }
 
+// The two inputs of corner_pool_sum (contiguous, same shape/dtype/device) and the vertical and
+// horizontal scan directions of the corner.
+struct SumInputs {
+  at::Tensor a, b;
+  PoolDir vdir, hdir;
+};
+
+inline SumInputs prepare_sum(const at::Tensor& a, const at::Tensor& b, c10::string_view corner, const char* op) {
+  const auto dirs = parse_corner(corner, op);
+  check_same_device(a, b, op, "a", "b");
+  check_same_dtype(a, b, op, "a", "b");
+  SumInputs s{prepare_pool_input(a, op, "a"), prepare_pool_input(b, op, "b"), dirs.first, dirs.second};
+  check_same_shape(a, b, op, "a", "b");
+  return s;
+}
+
 }  // namespace fastdet

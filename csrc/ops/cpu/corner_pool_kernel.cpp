@@ -304,20 +304,6 @@ at::Tensor corner_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& in
   return gi;
 }
 
-struct SumInputs {
-  at::Tensor a, b;
-  PoolDir vdir, hdir;
-};
-
-SumInputs prepare_sum(const at::Tensor& a, const at::Tensor& b, c10::string_view corner, const char* op) {
-  const auto dirs = parse_corner(corner, op);
-  check_same_device(a, b, op, "a", "b");
-  check_same_dtype(a, b, op, "a", "b");
-  SumInputs s{prepare_pool_input(a, op, "a"), prepare_pool_input(b, op, "b"), dirs.first, dirs.second};
-  check_same_shape(a, b, op, "a", "b");
-  return s;
-}
-
 at::Tensor corner_pool_sum_cpu(const at::Tensor& a, const at::Tensor& b, c10::string_view corner) {
   const SumInputs s = prepare_sum(a, b, corner, "corner_pool_sum");
   at::Tensor out = at::empty_like(s.a);

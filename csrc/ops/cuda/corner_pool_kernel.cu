@@ -213,20 +213,6 @@ at::Tensor corner_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& i
   return gi;
 }
 
-struct SumInputs {
-  at::Tensor a, b;
-  PoolDir vdir, hdir;
-};
-
-SumInputs prepare_sum(const at::Tensor& a, const at::Tensor& b, c10::string_view corner, const char* op) {
-  const auto dirs = parse_corner(corner, op);
-  check_same_device(a, b, op, "a", "b");
-  check_same_dtype(a, b, op, "a", "b");
-  SumInputs s{prepare_pool_input(a, op, "a"), prepare_pool_input(b, op, "b"), dirs.first, dirs.second};
-  check_same_shape(a, b, op, "a", "b");
-  return s;
-}
-
 at::Tensor corner_pool_sum_cuda(const at::Tensor& a, const at::Tensor& b, c10::string_view corner) {
   const c10::cuda::CUDAGuard guard(a.device());
   const SumInputs s = prepare_sum(a, b, corner, "corner_pool_sum");
