@@ -190,7 +190,11 @@ def test_non_contiguous_inputs(dtype, device):
         out, arg = OP(xi, bi, 3)
         assert torch.equal(out, expected) and torch.equal(arg, expected_arg)
     weight = torch.randn(expected.shape, device=device)
-    assert torch.equal(grads(ops.border_align, x_cl, boxes_nc, 3, weight), grads(ops.border_align, x, boxes, 3, weight))
+    got, want = grads(ops.border_align, x_cl, boxes_nc, 3, weight), grads(ops.border_align, x, boxes, 3, weight)
+    if device == "cpu":
+        assert torch.equal(got, want)
+    else:  # the CUDA backward adds with atomics, in no fixed order
+        torch.testing.assert_close(got, want, **tol(dtype))
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 3, 4), (2, 0, 3, 4), (2, 8, 0, 4), (2, 8, 3, 0)])

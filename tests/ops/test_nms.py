@@ -105,7 +105,8 @@ def test_threshold_compared_exactly(device):
     for t, expected in ((0.99999999999, [1]), (1.0, [1, 0]), (1e300, [1, 0]), (float("inf"), [1, 0]),
                         (-1e300, [1]), (float("-inf"), [1])):
         assert ops.nms(boxes, scores, t).tolist() == expected
-        assert torchvision.ops.nms(boxes, scores, t).tolist() == expected
+        if device == "cpu":  # torchvision's CUDA kernel rounds the threshold to fp32 first
+            assert torchvision.ops.nms(boxes, scores, t).tolist() == expected
 
 
 def test_adversarial_boxes(device):

@@ -214,8 +214,8 @@ at::Tensor corner_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& i
 }
 
 at::Tensor corner_pool_sum_cuda(const at::Tensor& a, const at::Tensor& b, c10::string_view corner) {
-  const c10::cuda::CUDAGuard guard(a.device());
-  const SumInputs s = prepare_sum(a, b, corner, "corner_pool_sum");
+  const SumInputs s = prepare_sum(a, b, corner, "corner_pool_sum");  // device check before the guard
+  const c10::cuda::CUDAGuard guard(s.a.device());
   at::Tensor out = at::empty_like(s.a);
   if (out.numel() == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -234,8 +234,8 @@ at::Tensor corner_pool_sum_cuda(const at::Tensor& a, const at::Tensor& b, c10::s
 std::tuple<at::Tensor, at::Tensor> corner_pool_sum_backward_cuda(const at::Tensor& grad, const at::Tensor& a,
                                                                  const at::Tensor& b, c10::string_view corner) {
   const char* op = "_corner_pool_sum_backward";
-  const c10::cuda::CUDAGuard guard(a.device());
   const SumInputs s = prepare_sum(a, b, corner, op);
+  const c10::cuda::CUDAGuard guard(s.a.device());
   const at::Tensor gr = prepare_pool_grad(grad, s.a, op);
   at::Tensor ga = at::empty_like(s.a), gb = at::empty_like(s.b);
   if (gr.numel() == 0) return {ga, gb};
