@@ -4,6 +4,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/any.h>
 #include <ATen/ops/floor.h>
+#include <ATen/ops/ge.h>
+#include <ATen/ops/lt.h>
+#include <ATen/ops/ne.h>
 
 #include "checks.h"
 
@@ -25,9 +28,9 @@ inline void check_rois(const at::Tensor& input, const at::Tensor& rois, const ch
   if (rois.size(0) == 0) return;
   const at::Tensor idx = rois.select(1, 0);
   // NaN != floor(NaN), so a NaN index is caught by the integrality test.
-  const bool bad = ((idx < 0) | (idx >= static_cast<double>(input.size(0))) | (idx != at::floor(idx)))
-                       .any()
-                       .item<bool>();
+  const at::Tensor bad_index = at::lt(idx, 0).logical_or_(at::ge(idx, static_cast<double>(input.size(0))))
+                                   .logical_or_(at::ne(idx, at::floor(idx)));
+  const bool bad = at::any(bad_index).item().toBool();
   TORCH_CHECK(!bad, "fastdet::", op, ": ", rois_arg, "[:, 0] must hold integer batch indices in [0, ",
               input.size(0), ")");
 }
