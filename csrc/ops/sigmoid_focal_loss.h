@@ -47,8 +47,9 @@ struct StdFocalMath {
   static FASTDET_HD A exp(A x) { return ::exp(x); }
   template <typename A>
   static FASTDET_HD A log(A x) { return ::log(x); }
+  // log1p(x) for x in [0, 1], given r = 1 / (1 + x) (the kernels have it at hand).
   template <typename A>
-  static FASTDET_HD A log1p(A x) { return ::log1p(x); }
+  static FASTDET_HD A log1p_unit(A x, A /*r*/) { return ::log1p(x); }
 };
 
 // Per-element quantities both directions need.
@@ -71,7 +72,7 @@ FASTDET_HD FocalTerms<A> focal_terms(A x, A t, const FocalConsts<A>& k) {
   f.p = pos ? big : small;
   f.p1 = pos ? small : big;
   // softplus(x) = max(x, 0) + log1p(e); ce = softplus(x) - x t.
-  f.ce = (pos ? x : A(0)) - x * t + Math::log1p(e);
+  f.ce = (pos ? x : A(0)) - x * t + Math::log1p_unit(e, r);
   f.q = f.p * (A(1) - t) + f.p1 * t;
   f.at = k.a0 + t * (k.a1 - k.a0);
   return f;

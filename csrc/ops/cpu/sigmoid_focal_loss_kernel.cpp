@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "ops/sigmoid_focal_loss.h"
@@ -69,21 +70,28 @@ struct FocalVecMath {
     y = y - 0.5f * z;
     return (m + y) + 0.693359375f * e;
   }
-  // log1p(x) for x in [0, 1] (Goldberg's trick: exact rounding error compensation of 1 + x).
-  static inline float log1p(float x) {
-    const float u = 1.f + x, d = u - 1.f;
-    return d == 0.f ? x : log(u) * (x / d);
+  // log1p(x) for x in [0, 1] given r = 1 / (1 + x): log(u) of the rounded u = fl(1 + x), corrected
+  // to first order for the rounding error x - (u - 1) (d log u = du / u). No division.
+  static inline float log1p_unit(float x, float r) {
+    const float u = 1.f + x;
+    return log(u) + (x - (u - 1.f)) * r;
   }
   static inline double exp(double x) { return std::exp(x); }
   static inline double log(double x) { return std::log(x); }
-  static inline double log1p(double x) { return std::log1p(x); }
+  static inline double log1p_unit(double x, double) { return std::log1p(x); }
 };
 
 constexpr int64_t kBlock = 2048;  // elements per work item (and the staging buffers' size)
 
+// src[0, n) in the math type: src itself when T is the math type, else converted into buf.
 template <typename T, typename A>
-inline void load_span(const T* __restrict__ src, A* __restrict__ dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<A>(src[j]);
+inline const A* load_span(const T* __restrict__ src, A* __restrict__ buf, int64_t n) {
+  if constexpr (std::is_same_v<T, A>) {
+    return src;
+  } else {
+    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<A>(src[j]);
+    return buf;
+  }
 }
 
 // The formula over a span: losses (kGrad = false) or d loss / d x (kGrad = true).
@@ -140,14 +148,15 @@ void run_focal(const FocalPass<T>& pass) {
         const int64_t row = i / cols, c0 = i - row * cols;
         const int64_t end = by_rows ? std::min(i1, (row + 1) * cols) : i1;
         const int64_t n = end - i;
-        load_span(x + i, xb, n);
+        const A* xs = load_span(x + i, xb, n);
+        const A* ts = tb;
         if (labels != nullptr) {
           const int64_t label = labels[row];
           for (int64_t j = 0; j < n; ++j) tb[j] = c0 + j == label ? A(1) : A(0);
         } else {
-          load_span(t + i, tb, n);
+          ts = load_span(t + i, tb, n);
         }
-        focal_span<kGrad, kGammaTwo>(xb, tb, vb, n, k);
+        focal_span<kGrad, kGammaTwo>(xs, ts, vb, n, k);
         if (p.weight_kind == FocalWeight::kElement) {
           for (int64_t j = 0; j < n; ++j) vb[j] *= static_cast<A>(w[i + j]);
         } else if (p.weight_kind == FocalWeight::kSample) {
