@@ -95,14 +95,48 @@ inline const A* load_span(const T* __restrict__ src, A* __restrict__ buf, int64_
 }
 
 // The formula over a span: losses (kGrad = false) or d loss / d x (kGrad = true).
+#define FASTDET_FOCAL_SPAN_BODY                                                  \
+  for (int64_t j = 0; j < n; ++j) {                                              \
+    out[j] = kGrad ? focal_loss_grad<kGammaTwo, FocalVecMath>(x[j], t[j], k)     \
+                   : focal_loss_value<kGammaTwo, FocalVecMath>(x[j], t[j], k);   \
+  }
+
 template <bool kGrad, bool kGammaTwo, typename A>
-void focal_span(const A* __restrict__ x, const A* __restrict__ t, A* __restrict__ out, int64_t n,
-                const FocalConsts<A> k) {
-  for (int64_t j = 0; j < n; ++j) {
-    out[j] = kGrad ? focal_loss_grad<kGammaTwo, FocalVecMath>(x[j], t[j], k)
-                   : focal_loss_value<kGammaTwo, FocalVecMath>(x[j], t[j], k);
+void focal_span_base(const A* __restrict__ x, const A* __restrict__ t, A* __restrict__ out, int64_t n,
+                     const FocalConsts<A> k) {
+  FASTDET_FOCAL_SPAN_BODY
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+// NB: the same loop compiled for AVX2 (8 floats per instruction instead of SSE2's 4) and chosen at
+// run time: the kernel is compute-bound on CPU. Same operations without FMA contraction
+// (-ffp-contract=off), so both versions give bitwise-identical results.
+template <bool kGrad, bool kGammaTwo, typename A>
+__attribute__((target("avx2"))) void focal_span_avx2(const A* __restrict__ x, const A* __restrict__ t,
+                                                     A* __restrict__ out, int64_t n, const FocalConsts<A> k) {
+  FASTDET_FOCAL_SPAN_BODY
+}
+
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+template <bool kGrad, bool kGammaTwo, typename A>
+void focal_span(const A* x, const A* t, A* out, int64_t n, const FocalConsts<A> k) {
+  if (cpu_has_avx2()) {
+    focal_span_avx2<kGrad, kGammaTwo>(x, t, out, n, k);
+  } else {
+    focal_span_base<kGrad, kGammaTwo>(x, t, out, n, k);
   }
 }
+#else
+template <bool kGrad, bool kGammaTwo, typename A>
+void focal_span(const A* x, const A* t, A* out, int64_t n, const FocalConsts<A> k) {
+  focal_span_base<kGrad, kGammaTwo>(x, t, out, n, k);
+}
+#endif
+#undef FASTDET_FOCAL_SPAN_BODY
 
 // Sum with 8 independent accumulators (vectorisable, fixed order).
 template <typename A>
