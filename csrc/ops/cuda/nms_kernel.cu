@@ -1,29 +1,24 @@
 // CUDA kernels of fastdet::nms and fastdet::batched_nms: one implementation, nms being the
 // one-segment case of batched_nms.
 //
-//  1. Order: integer score keys (nms.h: score_sort_key; 32-bit for fp16/bf16/fp32 scores, 64-bit
-//     for fp64, so the radix sort makes as few passes as the scores need) stably sorted -> order[r],
-//     the box of score rank r (score desc, lower index first, NaN first). batched_nms then stably
-//     sorts the ranks by class, so every class is a contiguous segment [b, e) of positions, in
-//     visiting order.
+//  1. Order: integer score keys (nms.h: score_sort_key) stably sorted -> order[r], the box of score
+//     rank r (score desc, lower index first, NaN first). batched_nms then stably sorts the ranks by
+//     class, so every class is a contiguous segment [b, e) of positions, in visiting order.
 //  2. rows kernel: per position, its segment (binary search in the sorted classes), its mask row
 //     length W = ceil(n_c / 64) words, and the sorted box in the math type (fp32 for half).
-//     An inclusive cumsum of the row lengths sizes the flat mask: sum_c n_c * ceil(n_c / 64) words,
-//     segment c's block starting at base_c = row_end[b_c] - W_c. For batched_nms that size and the
-//     number of segments are read back to the host (one 16-byte copy) to allocate the mask and size
-//     the walk's grid; nms knows both without a read.
-//  3. mask kernel: one thread per 64-bit word. A segment's words are stored column-major — word w of
-//     local row i at base_c + w * n_c + i — so a warp's threads are consecutive rows of the same
-//     word: they read the same 64 column boxes (broadcast loads) and write consecutive words.
-//     Bit k of word w of row p is set when column c = b + 64 w + k > p and IoU(p, c) > threshold;
-//     only the upper triangle is computed. The IoU uses round-to-nearest intrinsics (no FMA
-//     contraction), so it is bit for bit the CPU kernel's value and CPU and CUDA keep the same boxes.
+//     An inclusive cumsum of the row lengths places every row in one flat mask: total size
+//     sum_c n_c * ceil(n_c / 64). For batched_nms that size and the number of segments are read
+//     back to the host (one 16-byte copy) to allocate the mask and size the walk's grid; nms knows
+//     both without a read.
+//  3. mask kernel: one thread per 64-bit word (row p, columns 64w .. 64w+63 of its segment); bit k
+//     set when column c = b + 64w + k > p and IoU(p, c) > threshold. Only the upper triangle is
+//     computed; the IoU uses round-to-nearest intrinsics (no FMA contraction), so it is bit for bit
+//     the CPU kernel's value and CPU and CUDA keep the same boxes.
 //  4. walk kernel: one block per segment walks its rows in 64-row groups: the group's diagonal
-//     words (contiguous, column-major) are staged in shared memory and one thread resolves the
-//     group serially; then each warp ORs the group's kept rows into the `removed` words it owns:
-//     lane l loads rows r0 + l and r0 + 32 + l of a word (one coalesced 512-byte read) and a
-//     butterfly OR combines them, several words in flight per warp. Kept boxes are flagged by score
-//     rank on the device — the mask never leaves the GPU.
+//     words are staged in shared memory and one thread resolves the group serially; then all threads
+//     OR the kept rows into the segment's `removed` bitmap (each thread owns a set of words, so there
+//     are no races). Kept boxes are flagged by score rank on the device — the mask never leaves the
+//     GPU.
 //  5. keep = order[flags]: already sorted by score rank; its size is the only other host read.
 // The 64-bit suppression-mask idea is torchvision's (torchvision/csrc/ops/cuda/nms_kernel.cu); the
 // segmented layout, the on-device walk and the code here are fastdet's own.
@@ -45,8 +40,7 @@
 namespace fastdet {
 namespace {
 
-constexpr int kWalkThreads = 512;
-constexpr int kWalkWordsInFlight = 4;  // words each warp loads before combining them
+constexpr int kWalkThreads = 256;
 
 // Round-to-nearest arithmetic that nvcc never contracts into FMA.
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
@@ -69,11 +63,10 @@ __device__ __forceinline__ acc_t nms_iou_rn(const Box<acc_t>& a, const Box<acc_t
   return div_rn(inter, sub_rn(add_rn(area_a, area_b), inter));
 }
 
-template <typename T, typename key_t>
-__global__ void score_keys_kernel(const T* __restrict__ scores, int64_t n, key_t* __restrict__ keys) {
+template <typename T>
+__global__ void score_keys_kernel(const T* __restrict__ scores, int64_t n, int64_t* __restrict__ keys) {
   using acc_t = at::opmath_type<T>;
-  // For float scores the key lies in int32's range (nms.h), so the narrowing is exact.
-  FASTDET_CUDA_KERNEL_LOOP(i, n) { keys[i] = static_cast<key_t>(score_sort_key(static_cast<acc_t>(scores[i]))); }
+  FASTDET_CUDA_KERNEL_LOOP(i, n) { keys[i] = score_sort_key(static_cast<acc_t>(scores[i])); }
 }
 
 // Per position p: its segment [seg_begin[p], seg_end[p]), its mask row length in words, whether
@@ -120,26 +113,22 @@ __global__ void segment_first_kernel(const int64_t* __restrict__ head, const int
   }
 }
 
-// One thread per mask word t (layout in the header, step 3). Row-major, word t would belong to the
-// first row whose inclusive word end exceeds t: that finds t's segment [b, e) and its base. A single
-// segment (nms) skips the search. Words wholly below the diagonal are written as 0 (never read).
+// One thread per mask word t. Row p is the first row whose inclusive word end exceeds t; bit k of
+// word w of row p is set when column c = b + 64 w + k of p's segment [b, e) has c > p and
+// IoU(p, c) > thr. Words wholly below the diagonal are written as 0 (never read).
 template <typename acc_t>
 __global__ void mask_kernel(const Box<acc_t>* __restrict__ sorted, const int64_t* __restrict__ seg_begin,
                             const int64_t* __restrict__ seg_end, const int64_t* __restrict__ row_end, int64_t n,
-                            bool single_segment, int64_t total, acc_t thr, unsigned long long* __restrict__ mask) {
+                            int64_t total, acc_t thr, unsigned long long* __restrict__ mask) {
   FASTDET_CUDA_KERNEL_LOOP(t, total) {
-    int64_t b = 0, e = n;
-    if (!single_segment) {
-      int64_t lo = 0, hi = n - 1;
-      while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        if (row_end[mid] > t) hi = mid; else lo = mid + 1;
-      }
-      b = seg_begin[lo], e = seg_end[lo];
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (row_end[mid] > t) hi = mid; else lo = mid + 1;
     }
-    const int64_t nc = e - b, w_count = (nc + 63) / 64;
-    const int64_t local = t - (single_segment ? 0 : row_end[b] - w_count);
-    const int64_t w = local / nc, p = b + (local - w * nc);
+    const int64_t p = lo, b = seg_begin[p], e = seg_end[p];
+    const int64_t w_count = (e - b + 63) / 64;
+    const int64_t w = t - (row_end[p] - w_count);
     const int64_t c0 = b + 64 * w;
     unsigned long long bits = 0;
     if (c0 + 63 > p) {
@@ -153,15 +142,10 @@ __global__ void mask_kernel(const Box<acc_t>* __restrict__ sorted, const int64_t
   }
 }
 
-__device__ __forceinline__ unsigned long long warp_or(unsigned long long v) {
-  for (int offset = 16; offset > 0; offset /= 2) v |= __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // One block per segment (first[blockIdx.x] is its first position). Walks the rows in groups of 64:
 // thread 0 resolves a group serially from its diagonal words (in shared memory) and the removed
-// bits so far, then the warps OR the group's kept rows into the later removed words, each word
-// owned by one warp. kept[rank] = true for every kept box; at most max_keep per segment.
+// bits so far, then every thread ORs the group's kept rows into the removed words it owns.
+// kept[rank] = true for every kept box; at most max_keep per segment.
 __global__ void walk_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ row_end,
                             const int64_t* __restrict__ first, const int64_t* __restrict__ seg_end,
                             const int64_t* __restrict__ pos_rank, int64_t max_keep,
@@ -172,14 +156,13 @@ __global__ void walk_kernel(const unsigned long long* __restrict__ mask, const i
   const int64_t b = first[blockIdx.x];
   const int64_t nc = seg_end[b] - b;
   const int64_t W = (nc + 63) / 64;
-  const unsigned long long* words = mask + (row_end[b] - W);  // word w of local row i at words[w * nc + i]
-  unsigned long long* rem = removed + b;                      // W <= nc words, inside [b, e)
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const unsigned long long* rows = mask + (row_end[b] - W);  // local row i at rows + i * W
+  unsigned long long* rem = removed + b;                     // W <= nc words, inside [b, e)
   if (threadIdx.x == 0) count = 0;
   for (int64_t wb = 0; wb < W; ++wb) {
     const int64_t r0 = 64 * wb;
     const int nr = static_cast<int>(nc - r0 < 64 ? nc - r0 : 64);
-    if (threadIdx.x < nr) diag[threadIdx.x] = words[wb * nc + r0 + threadIdx.x];
+    if (threadIdx.x < nr) diag[threadIdx.x] = rows[(r0 + threadIdx.x) * W + wb];
     __syncthreads();
     if (threadIdx.x == 0) {
       unsigned long long cur = rem[wb], kb = 0;
@@ -196,22 +179,12 @@ __global__ void walk_kernel(const unsigned long long* __restrict__ mask, const i
     }
     __syncthreads();
     const unsigned long long kb = group_kept;
-    const bool lo_kept = lane < nr && ((kb >> lane) & 1ull), hi_kept = lane + 32 < nr && ((kb >> (lane + 32)) & 1ull);
-    // Uniform per block: kb and the word range are the same for every thread.
-    for (int64_t w0 = wb + 1 + warp; kb != 0 && w0 < W; w0 += static_cast<int64_t>(warps) * kWalkWordsInFlight) {
-      unsigned long long part[kWalkWordsInFlight];
-#pragma unroll
-      for (int j = 0; j < kWalkWordsInFlight; ++j) {
-        const int64_t w = w0 + static_cast<int64_t>(j) * warps;
-        const unsigned long long* col = words + w * nc + r0;
-        part[j] = w < W ? (lo_kept ? col[lane] : 0ull) | (hi_kept ? col[lane + 32] : 0ull) : 0ull;
+    for (int64_t w = wb + 1 + threadIdx.x; w < W; w += blockDim.x) {
+      unsigned long long acc = rem[w];
+      for (unsigned long long bits = kb; bits != 0; bits &= bits - 1) {
+        acc |= rows[(r0 + __ffsll(static_cast<long long>(bits)) - 1) * W + w];
       }
-#pragma unroll
-      for (int j = 0; j < kWalkWordsInFlight; ++j) {
-        const int64_t w = w0 + static_cast<int64_t>(j) * warps;
-        const unsigned long long v = warp_or(part[j]);
-        if (lane == 0 && w < W) rem[w] |= v;
-      }
+      rem[w] = acc;
     }
     if (threadIdx.x < nr && ((kb >> threadIdx.x) & 1ull)) {
       const int64_t q = b + r0 + threadIdx.x;
@@ -232,16 +205,10 @@ at::Tensor run_nms_cuda(const char* op, const at::Tensor& boxes, const at::Tenso
   if (n == 0 || max_output == 0) return at::empty({0}, long_opts);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  const bool is_double = boxes.scalar_type() == at::kDouble;
-  at::Tensor keys = at::empty({n}, boxes.options().dtype(is_double ? at::kLong : at::kInt));
+  at::Tensor keys = at::empty({n}, long_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_keys_cuda", [&] {
-    if (is_double) {
-      score_keys_kernel<scalar_t, int64_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-          p.scores.const_data_ptr<scalar_t>(), n, keys.data_ptr<int64_t>());
-    } else {
-      score_keys_kernel<scalar_t, int32_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
-          p.scores.const_data_ptr<scalar_t>(), n, keys.data_ptr<int32_t>());
-    }
+    score_keys_kernel<scalar_t><<<grid_for(n), kThreadsPerBlock, 0, stream>>>(
+        p.scores.const_data_ptr<scalar_t>(), n, keys.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // Stable: equal keys keep the lower index first.
@@ -254,6 +221,7 @@ at::Tensor run_nms_cuda(const char* op, const at::Tensor& boxes, const at::Tenso
     pos_rank = std::get<1>(sorted_cls).contiguous();
   }
 
+  const bool is_double = boxes.scalar_type() == at::kDouble;
   at::Tensor sorted = at::empty({n, 4}, boxes.options().dtype(is_double ? at::kDouble : at::kFloat));
   at::Tensor seg_begin = at::empty({n}, long_opts), seg_end = at::empty({n}, long_opts);
   at::Tensor row_words = at::empty({n}, long_opts), head = at::empty({n}, long_opts);
@@ -288,7 +256,7 @@ at::Tensor run_nms_cuda(const char* op, const at::Tensor& boxes, const at::Tenso
     auto* mk = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
     mask_kernel<acc_t><<<grid_for(total), kThreadsPerBlock, 0, stream>>>(
         sb, seg_begin.const_data_ptr<int64_t>(), seg_end.const_data_ptr<int64_t>(),
-        row_end.const_data_ptr<int64_t>(), n, !p.idxs, total, threshold_floor<acc_t>(iou_threshold), mk);
+        row_end.const_data_ptr<int64_t>(), n, total, threshold_floor<acc_t>(iou_threshold), mk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     at::Tensor removed = at::zeros({n}, long_opts);
