@@ -16,6 +16,7 @@ from .box_iou import (
     giou_loss,
     iou_loss,
 )
+from .deform_conv2d import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, deform_conv2d
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
@@ -39,4 +40,8 @@ __all__ = [
     "corner_pool",
     "corner_pool_sum",
     "CornerPool",
+    "deform_conv2d",
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "ModulatedDeformConv2dPack",
 ]
