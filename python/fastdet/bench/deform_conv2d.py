@@ -1,0 +1,62 @@
+"""deform_conv2d benchmarks: forward and forward + backward against torchvision.ops.deform_conv2d,
+and the dense conv2d of the same shape (note: the cost of deformability)."""
+
+from __future__ import annotations
+
+import torch
+
+from fastdet import ops
+
+from ._harness import Case
+
+
+def _case(device, n, c, cout, h, w, dtype, g):
+    x = torch.randn(n, c, h, w, generator=g).to(device=device, dtype=dtype)
+    off = (torch.randn(n, 18, h, w, generator=g) * 2).to(device=device, dtype=dtype)
+    mask = torch.rand(n, 9, h, w, generator=g).to(device=device, dtype=dtype)
+    wt = (torch.randn(cout, c, 3, 3, generator=g) * 0.05).to(device=device, dtype=dtype)
+    b = torch.randn(cout, generator=g).to(device=device, dtype=dtype)
+    grad = torch.randn(n, cout, h, w, generator=g).to(device=device, dtype=dtype)
+    return x, off, mask, wt, b, grad
+
+
+def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> list[Case]:
+    """DCNv2 3x3 (with mask), padding 1. CPU: 2 x 64 x 64 x 64, 64 -> 64. CUDA: a ResNet stage
+    (16 x 256 -> 256, 50 x 84) in fp32 and bf16. size = the feature map height."""
+    import torchvision
+
+    g = torch.Generator().manual_seed(0)
+    if device.startswith("cuda"):
+        shapes = [(16, 256, 256, 50, 84, torch.float32), (16, 256, 256, 50, 84, torch.bfloat16)]
+    else:
+        shapes = [(2, 64, 64, 64, 64, torch.float32)]
+    out = []
+    for n, c, cout, h, w, dtype in shapes:
+        if sizes and h not in sizes:
+            continue
+        x, off, mask, wt, b, grad = _case(device, n, c, cout, h, w, dtype, g)
+        leaves = [t.clone().requires_grad_() for t in (x, off, wt, b, mask)]
+        dense_ms = None
+
+        def fwd(fn):
+            with torch.no_grad():
+                fn(x, off, wt, b, padding=(1, 1), mask=mask)
+
+        def fwd_bwd(fn, leaves=leaves, grad=grad):
+            for t in leaves:
+                t.grad = None
+            xx, oo, ww, bb, mm = leaves
+            fn(xx, oo, ww, bb, padding=(1, 1), mask=mm).backward(grad)
+
+        # the dense convolution of the same shape, for the note
+        from ._harness import measure
+
+        dense = measure(lambda: torch.nn.functional.conv2d(x, wt, b, padding=1), device, repeats=5)
+        dense_ms = dense.median_s * 1e3
+        label = f"N={n} {c}->{cout} {h}x{w} 3x3 v2 {str(dtype).replace('torch.', '')}"
+        note = f"dense conv2d fwd {dense_ms:.3f} ms"
+        out.append(Case("deform_conv2d", "fwd " + label, h, device, fastdet=lambda: fwd(ops.deform_conv2d),
+                        peer=lambda: fwd(torchvision.ops.deform_conv2d), note=note))
+        out.append(Case("deform_conv2d", "fwd+bwd " + label, h, device, fastdet=lambda: fwd_bwd(ops.deform_conv2d),
+                        peer=lambda: fwd_bwd(torchvision.ops.deform_conv2d), note=note))
+    return out
