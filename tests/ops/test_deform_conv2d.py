@@ -180,6 +180,7 @@ def test_backward_grad_shape_error():
                  args["mask"], [1, 1], [1, 1], [1, 1])
 
 
+@pytest.mark.cuda
 def test_device_mismatch_error():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -272,3 +273,19 @@ def test_modules(device):
         assert pack.conv_offset.weight.grad is not None and pack.weight.grad is not None
     with pytest.raises(ValueError, match="divisible by groups"):
         ops.DeformConv2d(4, 6, 3, groups=4)
+
+
+def test_onnx_export_runs_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = ops.ModulatedDeformConv2dPack(4, 6, 3, stride=2, padding=1, groups=2, offset_groups=2).eval()
+    torch.nn.init.normal_(model.conv_offset.weight, std=0.3)  # non-zero offsets and masks
+    x = torch.randn(2, 4, 9, 8)
+    prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=19,
+                             custom_translation_table=ops.deform_conv2d_onnx_translation())
+    assert "DeformConv" in [n.op_type for n in prog.model_proto.graph.node]
+    sess = ort.InferenceSession(prog.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)

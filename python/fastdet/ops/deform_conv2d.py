@@ -18,6 +18,9 @@ Definitions where torchvision leaves things open:
 * fp16/bf16 inputs accumulate in fp32. On CPU they are computed in fp32 and rounded once; on CUDA
   the GEMMs run in the input dtype on tensor cores (fp32 accumulation). Under autocast the op runs
   in fp32 on CPU and in the autocast dtype on CUDA.
+* ONNX: ``torch.onnx.export(model, args, dynamo=True, opset_version=19,
+  custom_translation_table=deform_conv2d_onnx_translation())`` maps the op to the standard
+  ``DeformConv`` operator (opset 19), which onnxruntime runs.
 * The CUDA backward accumulates grad_input with atomics (nondeterministic in the last bits; it
   raises under ``torch.use_deterministic_algorithms(True)``); the CPU one is deterministic.
 """
@@ -125,6 +128,30 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset, mask = out[:, :n_off], torch.sigmoid(out[:, n_off:])
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+
+
+def deform_conv2d_onnx_translation() -> dict:
+    """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True, opset_version=19)``
+    that exports ``fastdet::deform_conv2d`` as the standard ONNX ``DeformConv`` operator::
+
+        from fastdet.ops import deform_conv2d_onnx_translation
+        torch.onnx.export(model, (x,), "model.onnx", dynamo=True, opset_version=19,
+                          custom_translation_table=deform_conv2d_onnx_translation())
+
+    Needs ``onnxscript``. The weight, offset and input channel counts must be static (they give
+    ``group``, ``offset_group`` and ``kernel_shape``); batch and spatial sizes may be dynamic.
+    """
+    from onnxscript import opset19 as onnx_op
+
+    def deform_conv(input, offset, weight, bias=None, mask=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+        kh, kw = int(weight.shape[2]), int(weight.shape[3])
+        groups = int(input.shape[1]) // int(weight.shape[1])
+        offset_groups = int(offset.shape[1]) // (2 * kh * kw)
+        return onnx_op.DeformConv(input, weight, offset, bias, mask, dilations=list(dilation), group=groups,
+                                  kernel_shape=[kh, kw], offset_group=offset_groups,
+                                  pads=[padding[0], padding[1], padding[0], padding[1]], strides=list(stride))
+
+    return {torch.ops.fastdet.deform_conv2d.default: deform_conv}
 
 
 # ---- fake kernels: the C++ checks restated, and the output metadata ------------------------------
