@@ -36,9 +36,8 @@ def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> l
             continue
         x, off, mask, wt, b, grad = _case(device, n, c, cout, h, w, dtype, g)
         leaves = [t.clone().requires_grad_() for t in (x, off, wt, b, mask)]
-        dense_ms = None
 
-        def fwd(fn):
+        def fwd(fn, x=x, off=off, wt=wt, b=b, mask=mask):
             with torch.no_grad():
                 fn(x, off, wt, b, padding=(1, 1), mask=mask)
 
@@ -48,15 +47,25 @@ def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> l
             xx, oo, ww, bb, mm = leaves
             fn(xx, oo, ww, bb, padding=(1, 1), mask=mm).backward(grad)
 
-        # the dense convolution of the same shape, for the note
-        from ._harness import measure
+        # torchvision has no bf16 kernels: its users upcast, so its bf16 figure is the fp32 run
+        # (inputs converted outside the timing).
+        peer_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+        px, poff, pmask, pwt, pb, pgrad = (t.to(peer_dtype) for t in (x, off, mask, wt, b, grad))
+        pleaves = [t.clone().requires_grad_() for t in (px, poff, pwt, pb, pmask)]
+        peer_name = "torchvision" + (" (fp32)" if peer_dtype != dtype else "")
 
-        dense = measure(lambda: torch.nn.functional.conv2d(x, wt, b, padding=1), device, repeats=5)
-        dense_ms = dense.median_s * 1e3
         label = f"N={n} {c}->{cout} {h}x{w} 3x3 v2 {str(dtype).replace('torch.', '')}"
-        note = f"dense conv2d fwd {dense_ms:.3f} ms"
-        out.append(Case("deform_conv2d", "fwd " + label, h, device, fastdet=lambda: fwd(ops.deform_conv2d),
-                        peer=lambda: fwd(torchvision.ops.deform_conv2d), note=note))
-        out.append(Case("deform_conv2d", "fwd+bwd " + label, h, device, fastdet=lambda: fwd_bwd(ops.deform_conv2d),
-                        peer=lambda: fwd_bwd(torchvision.ops.deform_conv2d), note=note))
+        note = ""
+        tv = torchvision.ops.deform_conv2d
+        out.append(Case("deform_conv2d", "fwd " + label, h, device, fastdet=lambda f=fwd: f(ops.deform_conv2d),
+                        peer=lambda f=fwd, a=(px, poff, pwt, pb, pmask): f(tv, *a), peer_name=peer_name, note=note))
+        out.append(Case("deform_conv2d", "fwd+bwd " + label, h, device,
+                        fastdet=lambda f=fwd_bwd: f(ops.deform_conv2d),
+                        peer=lambda f=fwd_bwd, pl=pleaves, pg=pgrad: f(tv, pl, pg), peer_name=peer_name, note=note))
+        # the price of deformability: the dense conv2d of the same shape as the "peer" (ratio < 1)
+        out.append(Case("deform_conv2d", "fwd vs dense conv2d " + label, h, device,
+                        fastdet=lambda f=fwd: f(ops.deform_conv2d),
+                        peer=lambda f=fwd: f(lambda x, off, wt, b, padding, mask: torch.nn.functional.conv2d(
+                            x, wt, b, padding=padding)),
+                        peer_name="dense conv2d (same shape)"))
     return out
