@@ -43,23 +43,31 @@ Geometry geometry(const DeformConvProblem& p) {
           p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
 }
 
-// Decomposes a work index over (image b of the chunk, offset group, tap, pixel) and returns the
-// sampling point; *mk is the mask value.
+// One work item: (image n0 + b of the chunk, offset group, tap k, output pixel), its sampling
+// point and mask value.
+template <typename S>
+struct Item {
+  int64_t b, og, k, pix;
+  S mk;
+  DeformPoint<S> d;
+};
+
 template <typename T, typename S>
-__device__ __forceinline__ DeformPoint<S> point_at(const Geometry& g, int64_t idx, int64_t n0, const T* offset,
-                                                   const T* mask, int64_t& b, int64_t& og, int64_t& k, int64_t& pix,
-                                                   S& mk) {
-  pix = idx % g.hwo;
-  k = (idx / g.hwo) % g.kk;
-  og = (idx / (g.hwo * g.kk)) % g.og;
-  b = idx / (g.hwo * g.kk * g.og);
-  const int64_t n = n0 + b;
+__device__ __forceinline__ Item<S> item_at(const Geometry& g, int64_t idx, int64_t n0, const T* offset,
+                                           const T* mask) {
+  Item<S> it;
+  it.pix = idx % g.hwo;
+  it.k = (idx / g.hwo) % g.kk;
+  it.og = (idx / (g.hwo * g.kk)) % g.og;
+  it.b = idx / (g.hwo * g.kk * g.og);
+  const int64_t n = n0 + it.b, k = it.k, og = it.og, pix = it.pix;
   const int64_t oy = pix / g.wo, ox = pix % g.wo, ki = k / g.kw, kj = k % g.kw;
   const T* off = offset + ((n * g.og + og) * 2 * g.kk + 2 * k) * g.hwo + pix;
   const S y = S(oy * g.stride_h - g.pad_h + ki * g.dil_h) + static_cast<S>(off[0]);
   const S x = S(ox * g.stride_w - g.pad_w + kj * g.dil_w) + static_cast<S>(off[g.hwo]);
-  mk = mask ? static_cast<S>(mask[((n * g.og + og) * g.kk + k) * g.hwo + pix]) : S(1);
-  return deform_point<S>(y, x, g.h, g.w);
+  it.mk = mask ? static_cast<S>(mask[((n * g.og + og) * g.kk + k) * g.hwo + pix]) : S(1);
+  it.d = deform_point<S>(y, x, g.h, g.w);
+  return it;
 }
 
 template <typename S>
@@ -72,17 +80,17 @@ template <typename T>
 __global__ void im2col_kernel(Geometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
                               T* cols) {
   using S = at::opmath_type<T>;
-  const int64_t work = nb * g.og * g.kk * g.hwo, ncol = nb * g.hwo, hw = g.h * g.w;
-  FASTDET_CUDA_KERNEL_LOOP(idx, work) {
-    int64_t b, og, k, pix;
-    S mk;
-    const DeformPoint<S> d = point_at<T, S>(g, idx, n0, offset, mask, b, og, k, pix, mk);
-    for (int64_t c = og * g.cog; c < (og + 1) * g.cog; ++c) {
+  const int64_t ncol = nb * g.hwo, hw = g.h * g.w;
+  FASTDET_CUDA_KERNEL_LOOP(idx, nb * g.og * g.kk * g.hwo) {
+    const Item<S> it = item_at<T, S>(g, idx, n0, offset, mask);
+    const DeformPoint<S>& d = it.d;
+    const int64_t b = it.b, k = it.k, pix = it.pix;
+    for (int64_t c = it.og * g.cog; c < (it.og + 1) * g.cog; ++c) {
       const T* pl = input + ((n0 + b) * g.c + c) * hw;
       S v = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) v += mul0(d.w[j], static_cast<S>(pl[d.o[j]]));
-      cols[(c * g.kk + k) * ncol + b * g.hwo + pix] = static_cast<T>(mk * v);
+      cols[(c * g.kk + k) * ncol + b * g.hwo + pix] = static_cast<T>(it.mk * v);
     }
   }
 }
@@ -93,12 +101,13 @@ template <typename T, typename A>
 __global__ void col2im_kernel(Geometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
                               const T* gcols, T* cols, A* grad_input, T* grad_offset, T* grad_mask) {
   using S = at::opmath_type<T>;
-  const int64_t work = nb * g.og * g.kk * g.hwo, ncol = nb * g.hwo, hw = g.h * g.w;
-  FASTDET_CUDA_KERNEL_LOOP(idx, work) {
-    int64_t b, og, k, pix;
-    S mk;
-    const DeformPoint<S> d = point_at<T, S>(g, idx, n0, offset, mask, b, og, k, pix, mk);
-    const int64_t n = n0 + b;
+  const int64_t ncol = nb * g.hwo, hw = g.h * g.w;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < nb * g.og * g.kk * g.hwo;
+       idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const Item<S> it = item_at<T, S>(g, idx, n0, offset, mask);
+    const DeformPoint<S>& d = it.d;
+    const int64_t b = it.b, og = it.og, k = it.k, pix = it.pix, n = n0 + b;
+    const S mk = it.mk;
     S sm = 0, sy = 0, sx = 0;
     for (int64_t c = og * g.cog; c < (og + 1) * g.cog; ++c) {
       const T* pl = input + (n * g.c + c) * hw;
