@@ -194,7 +194,8 @@ def test_device_mismatch_error():
 
 @pytest.mark.parametrize("use_mask", [True, False])
 def test_gradcheck(use_mask, device):
-    args = make(n=2, c=4, h=4, w=4, cout=2, groups=2, offset_groups=2, use_mask=use_mask, device=device, scale=0.7)
+    # small: every offset/mask element is a gradcheck column (offset groups and weight groups both 2)
+    args = make(n=1, c=2, h=3, w=3, cout=2, groups=2, offset_groups=2, use_mask=use_mask, device=device, scale=0.7)
     names = ["input", "offset", "weight", "bias"] + (["mask"] if use_mask else [])
     ts = [args[k].detach().clone().requires_grad_() for k in names]
 
