@@ -16,6 +16,13 @@ from .box_iou import (
     giou_loss,
     iou_loss,
 )
+from .deform_conv2d import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2dPack,
+    deform_conv2d,
+    deform_conv2d_onnx_translation,
+)
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
@@ -42,4 +49,9 @@ __all__ = [
     "CornerPool",
     "sigmoid_focal_loss",
     "SigmoidFocalLoss",
+    "deform_conv2d",
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "ModulatedDeformConv2dPack",
+    "deform_conv2d_onnx_translation",
 ]
