@@ -6,7 +6,8 @@
 # ${OUT:-gpu-results}/ (copy the bench JSON/Markdown into bench/results/ afterwards).
 #   TORCH_CUDA_ARCH_LIST=9.0 bash scripts/gpu_check.sh
 # Optional: TESTS (pytest paths, default tests), OPS (comma list for `fastdet bench --ops`),
-# BUILD_S / TEST_S / BENCH_S / SANITIZER_S (seconds per step).
+# BUILD_S / TEST_S / BENCH_S / SANITIZER_S (seconds per step; 0 skips the step — `timeout 0`
+# would mean no limit at all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -24,16 +25,18 @@ timeout "${BUILD_S:-300}" "$py" -m pip install -v --no-build-isolation --no-deps
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$out/info.txt" 2>&1
 
 step "CUDA tests"
-timeout "${TEST_S:-240}" "$py" -m pytest -q -p no:cacheprovider -m cuda $tests 2>&1 | tee "$out/tests.txt" | tail -25
+[ "${TEST_S:-240}" = 0 ] || timeout "${TEST_S:-240}" "$py" -m pytest -q -p no:cacheprovider -m cuda $tests 2>&1 | tee "$out/tests.txt" | tail -25
 
 step "benchmarks"
 stamp=$(date +%Y-%m-%d)
 gpu=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
-timeout "${BENCH_S:-180}" "$py" -m fastdet bench --device cuda ${OPS:+--ops "$OPS"} \
+[ "${BENCH_S:-180}" = 0 ] || timeout "${BENCH_S:-180}" "$py" -m fastdet bench --device cuda ${OPS:+--ops "$OPS"} \
   --json "$out/cuda-$gpu-$stamp.json" --markdown "$out/cuda-$gpu-$stamp.md" 2>&1 | tail -60
 
 step "compute-sanitizer memcheck over the CUDA tests"
-if command -v compute-sanitizer >/dev/null; then
+if [ "${SANITIZER_S:-240}" = 0 ]; then
+  echo "skipped (SANITIZER_S=0)" | tee "$out/sanitizer.txt"
+elif command -v compute-sanitizer >/dev/null; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_S:-240}" compute-sanitizer --tool memcheck \
     --error-exitcode 1 "$py" -m pytest -q -p no:cacheprovider -m cuda $tests 2>&1 \
     | tee "$out/sanitizer.txt" | grep -E "ERROR SUMMARY|Invalid|passed|failed" | tail -15
