@@ -19,6 +19,7 @@ from .box_iou import (
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
+from .roi_pool import RoIPool, roi_pool
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 from .soft_nms import soft_nms
 
@@ -42,4 +43,6 @@ __all__ = [
     "CornerPool",
     "sigmoid_focal_loss",
     "SigmoidFocalLoss",
+    "roi_pool",
+    "RoIPool",
 ]
