@@ -26,8 +26,10 @@ Definitions where torchvision's kernels leave things undefined or odd:
   device, one small sync), never an out-of-bounds read.
 
 dtypes: fp32, fp64, fp16 and bf16 run natively on CPU and CUDA (the maximum is exact in any dtype;
-bins are computed in fp32, gradients accumulate in fp32 and are rounded once). Under autocast the op
-runs in fp32, as torchvision's. Layouts: NCHW and channels-last inputs are both read natively
+gradients accumulate in fp32 and are rounded once). The bins of fp16/bf16 inputs are computed in
+fp32 from the stored coordinates (torchvision's fp16 kernel rounds the scaled coordinates and bin
+sizes to fp16, so its bins can differ by a cell when those are not exact in fp16; it has no bf16
+kernel). Under autocast the op runs in fp32, as torchvision's. Layouts: NCHW and channels-last inputs are both read natively
 (channels-last without a copy); the output is always a contiguous ``[K, C, PH, PW]`` tensor, and the
 input's gradient has the input's layout. Backward: deterministic on CPU; on CUDA atomics by
 default and, under ``torch.use_deterministic_algorithms(True)``, a gather kernel whose result is
