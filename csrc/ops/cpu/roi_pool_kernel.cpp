@@ -3,7 +3,8 @@
 // Forward: the bins of a RoI do not depend on the channel, so the work runs on channels-last
 // features [N, H, W, C]: a channels-last fp32/fp64 input is read in place, any other input is
 // copied once to channels-last in the math type. Per (RoI, bin) the running maximum and its index
-// are vector loops over the C contiguous channels of each pixel of the bin. RoIs run in parallel.
+// are vector loops over the C contiguous channels of each pixel of the bin, in blocks of 16
+// channels whose accumulators stay in registers across the bin's pixels. RoIs run in parallel.
 // Max rule: the first maximum in row-major order wins; a NaN wins over numbers (the first NaN),
 // as torch.max. An empty bin gives 0 and argmax -1 (no gradient).
 // Backward: grad_input[b, c, :, :] collects the gradients of every RoI of image b in channel c,
@@ -25,18 +26,45 @@
 namespace fastdet {
 namespace {
 
-// Folds pixel `idx` (its C contiguous channel values v) into the running maximum (best, arg).
-// Branch-free integer masks so that GCC vectorises the loop over channels.
-template <typename acc_t, typename X>
-void fold_pixel(const X* __restrict__ v, acc_t* __restrict__ best, int32_t* __restrict__ arg, int64_t c_n,
-                int32_t idx) {
-  for (int64_t c = 0; c < c_n; ++c) {
-    const acc_t x = static_cast<acc_t>(v[c]);
-    const acc_t b = best[c];
-    // Larger, or the first NaN (a NaN best is never replaced: nothing compares greater).
-    const int32_t take = static_cast<int32_t>(x > b) | (static_cast<int32_t>(x != x) & static_cast<int32_t>(b == b));
-    best[c] = take ? x : b;
-    arg[c] = take ? idx : arg[c];
+// The maximum of channels [0, width) (width = kWidth, or the runtime `n` when kWidth == 0) over
+// the pixels [h0, h1) x [w0, w1) of channels-last features `img` (row stride w * c_n, pixel
+// stride c_n), and the index y * w + x of its first occurrence in row-major order. With a fixed
+// kWidth the accumulators stay in vector registers across the pixel loop (one load per value).
+// Larger wins, or the first NaN (a NaN maximum is never replaced: nothing compares greater).
+// Branch-free integer masks so that GCC vectorises the channel loop.
+template <int64_t kWidth, typename acc_t, typename X>
+void bin_max(const X* __restrict__ img, int64_t w, int64_t c_n, int64_t h0, int64_t h1, int64_t w0, int64_t w1,
+             int64_t n, acc_t* __restrict__ best_out, int32_t* __restrict__ arg_out) {
+  constexpr int64_t kBuf = kWidth > 0 ? kWidth : 1;
+  acc_t best_fixed[kBuf];
+  int32_t arg_fixed[kBuf];
+  const int64_t width = kWidth > 0 ? kWidth : n;
+  acc_t* best = kWidth > 0 ? best_fixed : best_out;
+  int32_t* arg = kWidth > 0 ? arg_fixed : arg_out;
+  const X* first = img + (h0 * w + w0) * c_n;
+  for (int64_t c = 0; c < width; ++c) {
+    best[c] = static_cast<acc_t>(first[c]);
+    arg[c] = static_cast<int32_t>(h0 * w + w0);
+  }
+  for (int64_t y = h0; y < h1; ++y) {
+    for (int64_t x = (y == h0 ? w0 + 1 : w0); x < w1; ++x) {
+      const X* v = img + (y * w + x) * c_n;
+      const int32_t idx = static_cast<int32_t>(y * w + x);
+      for (int64_t c = 0; c < width; ++c) {
+        const acc_t val = static_cast<acc_t>(v[c]);
+        const acc_t b = best[c];
+        const int32_t take =
+            static_cast<int32_t>(val > b) | (static_cast<int32_t>(val != val) & static_cast<int32_t>(b == b));
+        best[c] = take ? val : b;
+        arg[c] = take ? idx : arg[c];
+      }
+    }
+  }
+  if (kWidth > 0) {
+    for (int64_t c = 0; c < width; ++c) {
+      best_out[c] = best[c];
+      arg_out[c] = arg[c];
+    }
   }
 }
 
@@ -44,6 +72,8 @@ void fold_pixel(const X* __restrict__ v, acc_t* __restrict__ best, int32_t* __re
 template <typename T, typename X>
 void roi_pool_forward_impl(const RoiPoolProblem& p, const X* x, T* out, int32_t* argmax) {
   using acc_t = at::opmath_type<T>;
+  // 16 floats = 4 SSE registers of maxima + 4 of indices (8 doubles: 4 + 2).
+  constexpr int64_t kBlock = sizeof(acc_t) == 4 ? 16 : 8;
   const T* rois = p.rois.const_data_ptr<T>();
   const int64_t c_n = p.c, h = p.h, w = p.w, ph_n = p.ph, pw_n = p.pw, bins = p.ph * p.pw;
   const acc_t scale = static_cast<acc_t>(p.spatial_scale);
@@ -69,14 +99,12 @@ void roi_pool_forward_impl(const RoiPoolProblem& p, const X* x, T* out, int32_t*
             continue;
           }
           const X* img = x + box.batch * h * w * c_n;
-          const X* first = img + (h0 * w + w0) * c_n;
-          for (int64_t c = 0; c < c_n; ++c) best[c] = static_cast<acc_t>(first[c]);
-          std::fill(arg.begin(), arg.end(), static_cast<int32_t>(h0 * w + w0));
-          for (int64_t y = h0; y < h1; ++y) {
-            for (int64_t xx = (y == h0 ? w0 + 1 : w0); xx < w1; ++xx) {
-              fold_pixel(img + (y * w + xx) * c_n, best.data(), arg.data(), c_n, static_cast<int32_t>(y * w + xx));
-            }
+          // Blocks of kBlock channels with register accumulators, then the remainder.
+          int64_t c0 = 0;
+          for (; c0 + kBlock <= c_n; c0 += kBlock) {
+            bin_max<kBlock>(img + c0, w, c_n, h0, h1, w0, w1, kBlock, best.data() + c0, arg.data() + c0);
           }
+          if (c0 < c_n) bin_max<0>(img + c0, w, c_n, h0, h1, w0, w1, c_n - c0, best.data() + c0, arg.data() + c0);
           for (int64_t c = 0; c < c_n; ++c) {
             o[c * bins + bin] = static_cast<T>(best[c]);
             a[c * bins + bin] = arg[c];
