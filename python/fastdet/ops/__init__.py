@@ -26,6 +26,7 @@ from .deform_conv2d import (
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
+from .roi_pool import RoIPool, roi_pool
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 from .soft_nms import soft_nms
 
@@ -54,4 +55,6 @@ __all__ = [
     "DeformConv2dPack",
     "ModulatedDeformConv2dPack",
     "deform_conv2d_onnx_translation",
+    "roi_pool",
+    "RoIPool",
 ]
