@@ -19,6 +19,7 @@ from .box_iou import (
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
+from .roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align
 from .soft_nms import soft_nms
 
 __all__ = [
@@ -39,4 +40,8 @@ __all__ = [
     "corner_pool",
     "corner_pool_sum",
     "CornerPool",
+    "roi_align",
+    "RoIAlign",
+    "multi_scale_roi_align",
+    "MultiScaleRoIAlign",
 ]
