@@ -11,6 +11,7 @@
 // Bin (ph, pw) of RoI k averages grid_h x grid_w bilinear samples (common/bilinear.h) of level
 // levels[k] of image rois[k, 0]; grid = sampling_ratio, or ceil(bin size) when sampling_ratio <= 0.
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
@@ -162,5 +163,42 @@ std::vector<at::Tensor> multi_scale_roi_align_backward_entry(
     RoiAlignBackwardFn fn, const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
     at::ArrayRef<double> scales, at::IntArrayRef heights, at::IntArrayRef widths, int64_t batch, int64_t channels,
     int64_t sampling_ratio, bool aligned, bool channels_last);
+
+// The four op kernels of a backend, from its forward and backward runners; a backend registers
+// them with RoiAlignKernels<&forward, &backward>::register_impls(m).
+template <RoiAlignForwardFn Forward, RoiAlignBackwardFn Backward>
+struct RoiAlignKernels {
+  static at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                              int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
+    return roi_align_entry(Forward, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
+  }
+  static at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                       int64_t pooled_h, int64_t pooled_w, int64_t batch, int64_t channels,
+                                       int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                                       bool channels_last) {
+    return roi_align_backward_entry(Backward, grad, rois, spatial_scale, pooled_h, pooled_w, batch, channels, height,
+                                    width, sampling_ratio, aligned, channels_last);
+  }
+  static at::Tensor multi_scale(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                                at::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
+                                int64_t sampling_ratio, bool aligned) {
+    return multi_scale_roi_align_entry(Forward, features, rois, levels, scales, pooled_h, pooled_w, sampling_ratio,
+                                       aligned);
+  }
+  static std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                                      const at::Tensor& levels, at::ArrayRef<double> scales,
+                                                      at::IntArrayRef heights, at::IntArrayRef widths, int64_t batch,
+                                                      int64_t channels, int64_t sampling_ratio, bool aligned,
+                                                      bool channels_last) {
+    return multi_scale_roi_align_backward_entry(Backward, grad, rois, levels, scales, heights, widths, batch, channels,
+                                                sampling_ratio, aligned, channels_last);
+  }
+  static void register_impls(torch::Library& m) {
+    m.impl("roi_align", &roi_align);
+    m.impl("_roi_align_backward", &roi_align_backward);
+    m.impl("multi_scale_roi_align", &multi_scale);
+    m.impl("_multi_scale_roi_align_backward", &multi_scale_backward);
+  }
+};
 
 }  // namespace fastdet

@@ -201,41 +201,8 @@ void backward_cpu(const RoiAlignProblem& p, const at::Tensor& grad) {
   });
 }
 
-at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                         int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  return roi_align_entry(&forward_cpu, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
-}
-
-at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                  int64_t pooled_h, int64_t pooled_w, int64_t batch, int64_t channels, int64_t height,
-                                  int64_t width, int64_t sampling_ratio, bool aligned, bool channels_last) {
-  return roi_align_backward_entry(&backward_cpu, grad, rois, spatial_scale, pooled_h, pooled_w, batch, channels,
-                                  height, width, sampling_ratio, aligned, channels_last);
-}
-
-at::Tensor multi_scale_roi_align_cpu(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
-                                     at::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
-                                     int64_t sampling_ratio, bool aligned) {
-  return multi_scale_roi_align_entry(&forward_cpu, features, rois, levels, scales, pooled_h, pooled_w,
-                                     sampling_ratio, aligned);
-}
-
-std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
-                                                           const at::Tensor& levels, at::ArrayRef<double> scales,
-                                                           at::IntArrayRef heights, at::IntArrayRef widths,
-                                                           int64_t batch, int64_t channels, int64_t sampling_ratio,
-                                                           bool aligned, bool channels_last) {
-  return multi_scale_roi_align_backward_entry(&backward_cpu, grad, rois, levels, scales, heights, widths, batch,
-                                              channels, sampling_ratio, aligned, channels_last);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdet, CPU, m) {
-  m.impl("roi_align", &roi_align_cpu);
-  m.impl("_roi_align_backward", &roi_align_backward_cpu);
-  m.impl("multi_scale_roi_align", &multi_scale_roi_align_cpu);
-  m.impl("_multi_scale_roi_align_backward", &multi_scale_roi_align_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fastdet, CPU, m) { RoiAlignKernels<&forward_cpu, &backward_cpu>::register_impls(m); }
 
 }  // namespace fastdet

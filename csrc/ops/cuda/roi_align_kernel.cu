@@ -27,18 +27,42 @@
 namespace fastdet {
 namespace {
 
-// Element idx of the [K, C, PH, PW] output (or grad) in the layout: RoI k, channel c, bin b.
-template <bool CL>
-__device__ __forceinline__ void decompose(int64_t idx, int64_t c_n, int64_t bins, int64_t& k, int64_t& c,
-                                          int64_t& b) {
-  if (CL) {
-    c = idx % c_n;
-    b = (idx / c_n) % bins;
-    k = idx / (c_n * bins);
-  } else {
-    b = idx % bins;
-    c = (idx / bins) % c_n;
-    k = idx / (bins * c_n);
+// Element idx of the [K, C, PH, PW] output (or grad) in the layout: its RoI's geometry, its bin, and
+// where its channel plane of the RoI's level starts (offset) with the stride between pixels (ps).
+template <typename S>
+struct BinTask {
+  RoiGeometry<S> g;
+  int64_t ph, pw, h, w, offset, ps;
+  bool live;  // has samples in a non-empty map
+};
+
+template <bool CL, typename S>
+__device__ __forceinline__ BinTask<S> bin_task(const S* rois, const RoiAlignParams& q, int64_t idx) {
+  const int64_t c_n = q.channels, bins = q.bins();
+  const int64_t c = CL ? idx % c_n : (idx / bins) % c_n;
+  const int64_t b = CL ? (idx / c_n) % bins : idx % bins;
+  BinTask<S> t;
+  t.g = roi_geometry(rois, idx / (c_n * bins), q);
+  t.ph = b / q.pooled_w;
+  t.pw = b % q.pooled_w;
+  t.h = q.height[t.g.level];
+  t.w = q.width[t.g.level];
+  t.offset = t.g.image * c_n * t.h * t.w + (CL ? c : c * t.h * t.w);
+  t.ps = CL ? c_n : 1;
+  t.live = !t.g.empty && t.h * t.w > 0;
+  return t;
+}
+
+// f(corners) for every sample of bin (ph, pw) of RoI g that lies inside the h x w map.
+template <typename S, typename F>
+__device__ __forceinline__ void for_each_sample(const RoiGeometry<S>& g, int64_t ph, int64_t pw, int64_t h, int64_t w,
+                                                F&& f) {
+  for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+    const S y = roi_sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
+    for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+      const BilinearCorners<S> s = bilinear_corners(y, roi_sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), h, w);
+      if (s.valid) f(s);  // outside the map: no value, no gradient, no out-of-bounds access
+    }
   }
 }
 
@@ -46,29 +70,18 @@ template <typename T, bool CL>
 __global__ void roi_align_forward_kernel(const at::opmath_type<T>* __restrict__ rois, const RoiAlignParams q,
                                          int64_t total, T* __restrict__ out) {
   using acc_t = at::opmath_type<T>;
-  const int64_t c_n = q.channels, bins = q.bins();
   FASTDET_CUDA_KERNEL_LOOP(idx, total) {
-    int64_t k, c, b;
-    decompose<CL>(idx, c_n, bins, k, c, b);
-    const RoiGeometry<acc_t> g = roi_geometry(rois, k, q);
-    const int64_t h = q.height[g.level], w = q.width[g.level];
+    const BinTask<acc_t> t = bin_task<CL>(rois, q, idx);
     acc_t sum = 0;
-    if (!g.empty && h * w > 0) {
-      const int64_t ph = b / q.pooled_w, pw = b % q.pooled_w;
-      const T* base = static_cast<const T*>(q.features[g.level]) + g.image * c_n * h * w + (CL ? c : c * h * w);
-      const int64_t ps = CL ? c_n : 1;  // element stride between neighbouring pixels
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-        const acc_t y = roi_sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-          const acc_t x = roi_sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
-          const BilinearCorners<acc_t> s = bilinear_corners(y, x, h, w);
-          if (!s.valid) continue;
-          sum += s.w00 * static_cast<acc_t>(base[s.o00 * ps]) + s.w01 * static_cast<acc_t>(base[s.o01 * ps]) +
-                 s.w10 * static_cast<acc_t>(base[s.o10 * ps]) + s.w11 * static_cast<acc_t>(base[s.o11 * ps]);
-        }
-      }
+    if (t.live) {
+      const T* base = static_cast<const T*>(q.features[t.g.level]) + t.offset;
+      const int64_t ps = t.ps;
+      for_each_sample(t.g, t.ph, t.pw, t.h, t.w, [&](const BilinearCorners<acc_t>& s) {
+        sum += s.w00 * static_cast<acc_t>(base[s.o00 * ps]) + s.w01 * static_cast<acc_t>(base[s.o01 * ps]) +
+               s.w10 * static_cast<acc_t>(base[s.o10 * ps]) + s.w11 * static_cast<acc_t>(base[s.o11 * ps]);
+      });
     }
-    out[idx] = static_cast<T>(sum / g.count);
+    out[idx] = static_cast<T>(sum / t.g.count);
   }
 }
 
@@ -77,29 +90,18 @@ __global__ void roi_align_backward_atomic_kernel(const T* __restrict__ grad,
                                                  const at::opmath_type<T>* __restrict__ rois, const RoiAlignParams q,
                                                  int64_t total) {
   using acc_t = at::opmath_type<T>;
-  const int64_t c_n = q.channels, bins = q.bins();
   FASTDET_CUDA_KERNEL_LOOP(idx, total) {
-    int64_t k, c, b;
-    decompose<CL>(idx, c_n, bins, k, c, b);
-    const RoiGeometry<acc_t> g = roi_geometry(rois, k, q);
-    const int64_t h = q.height[g.level], w = q.width[g.level];
-    if (g.empty || h * w == 0) continue;
-    const acc_t gv = static_cast<acc_t>(grad[idx]) / g.count;
-    const int64_t ph = b / q.pooled_w, pw = b % q.pooled_w;
-    acc_t* base = static_cast<acc_t*>(q.grad_features[g.level]) + g.image * c_n * h * w + (CL ? c : c * h * w);
-    const int64_t ps = CL ? c_n : 1;
-    for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = roi_sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
-      for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = roi_sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
-        const BilinearCorners<acc_t> s = bilinear_corners(y, x, h, w);
-        if (!s.valid) continue;  // outside the map: no gradient, no out-of-bounds write
-        atomicAdd(base + s.o00 * ps, gv * s.w00);
-        atomicAdd(base + s.o01 * ps, gv * s.w01);
-        atomicAdd(base + s.o10 * ps, gv * s.w10);
-        atomicAdd(base + s.o11 * ps, gv * s.w11);
-      }
-    }
+    const BinTask<acc_t> t = bin_task<CL>(rois, q, idx);
+    if (!t.live) continue;
+    const acc_t gv = static_cast<acc_t>(grad[idx]) / t.g.count;
+    acc_t* base = static_cast<acc_t*>(q.grad_features[t.g.level]) + t.offset;
+    const int64_t ps = t.ps;
+    for_each_sample(t.g, t.ph, t.pw, t.h, t.w, [&](const BilinearCorners<acc_t>& s) {
+      atomicAdd(base + s.o00 * ps, gv * s.w00);
+      atomicAdd(base + s.o01 * ps, gv * s.w01);
+      atomicAdd(base + s.o10 * ps, gv * s.w10);
+      atomicAdd(base + s.o11 * ps, gv * s.w11);
+    });
   }
 }
 
@@ -317,42 +319,8 @@ void backward_cuda(const RoiAlignProblem& p, const at::Tensor& grad) {
   });
 }
 
-at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                          int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  return roi_align_entry(&forward_cuda, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
-}
-
-at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                   int64_t pooled_h, int64_t pooled_w, int64_t batch, int64_t channels,
-                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
-                                   bool channels_last) {
-  return roi_align_backward_entry(&backward_cuda, grad, rois, spatial_scale, pooled_h, pooled_w, batch, channels,
-                                  height, width, sampling_ratio, aligned, channels_last);
-}
-
-at::Tensor multi_scale_roi_align_cuda(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
-                                      at::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
-                                      int64_t sampling_ratio, bool aligned) {
-  return multi_scale_roi_align_entry(&forward_cuda, features, rois, levels, scales, pooled_h, pooled_w,
-                                     sampling_ratio, aligned);
-}
-
-std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
-                                                            const at::Tensor& levels, at::ArrayRef<double> scales,
-                                                            at::IntArrayRef heights, at::IntArrayRef widths,
-                                                            int64_t batch, int64_t channels, int64_t sampling_ratio,
-                                                            bool aligned, bool channels_last) {
-  return multi_scale_roi_align_backward_entry(&backward_cuda, grad, rois, levels, scales, heights, widths, batch,
-                                              channels, sampling_ratio, aligned, channels_last);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdet, CUDA, m) {
-  m.impl("roi_align", &roi_align_cuda);
-  m.impl("_roi_align_backward", &roi_align_backward_cuda);
-  m.impl("multi_scale_roi_align", &multi_scale_roi_align_cuda);
-  m.impl("_multi_scale_roi_align_backward", &multi_scale_roi_align_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fastdet, CUDA, m) { RoiAlignKernels<&forward_cuda, &backward_cuda>::register_impls(m); }
 
 }  // namespace fastdet
