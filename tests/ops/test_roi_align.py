@@ -109,6 +109,17 @@ def test_channels_last_is_native_and_equal(dtype, device):
         torch.testing.assert_close(gx_cl.float(), gx.float(), **tol(dtype))
 
 
+@pytest.mark.parametrize("k", [3, 400])
+def test_nchw_kernels_few_and_many_rois(k):
+    # The CPU forward reads NCHW planes for a few RoIs on a large map, and transposes the map to
+    # channels-last first when many RoIs sample it; both equal the channels-last kernel bitwise.
+    x, rois = make(n=2, c=5, h=30, w=40, k=k, seed=k, scale=0.5)
+    out = ops.roi_align(x, rois, 3, 0.5, -1, True)
+    assert out.is_contiguous()
+    assert torch.equal(out, ops.roi_align(x.to(memory_format=torch.channels_last), rois, 3, 0.5, -1, True))
+    torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois, 3, 0.5, -1, True))
+
+
 def test_other_strides_are_handled(device):
     x, rois = make(c=4, device=device, seed=5)
     sliced = torch.stack([x, x], 2).flatten(1, 2)[:, ::2]
