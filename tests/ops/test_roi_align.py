@@ -113,11 +113,16 @@ def test_channels_last_is_native_and_equal(dtype, device):
 def test_nchw_kernels_few_and_many_rois(k):
     # The CPU forward reads NCHW planes for a few RoIs on a large map, and transposes the map to
     # channels-last first when many RoIs sample it; both equal the channels-last kernel bitwise.
+    # The backward likewise (scratch channels-last planes, transposed at the end).
     x, rois = make(n=2, c=5, h=30, w=40, k=k, seed=k, scale=0.5)
-    out = ops.roi_align(x, rois, 3, 0.5, -1, True)
-    assert out.is_contiguous()
-    assert torch.equal(out, ops.roi_align(x.to(memory_format=torch.channels_last), rois, 3, 0.5, -1, True))
-    torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois, 3, 0.5, -1, True))
+    weight = torch.randn(k, 5, 3, 3)
+    out, gx = grads(ops.roi_align, x, rois, 3, 0.5, -1, True, weight=weight)
+    assert out.is_contiguous() and gx.is_contiguous()
+    out_cl, gx_cl = grads(ops.roi_align, x.to(memory_format=torch.channels_last), rois, 3, 0.5, -1, True, weight=weight)
+    assert torch.equal(out, out_cl) and torch.equal(gx, gx_cl)
+    tv_out, tv_gx = grads(torchvision.ops.roi_align, x, rois, 3, 0.5, -1, True, weight=weight)
+    torch.testing.assert_close(out, tv_out)
+    torch.testing.assert_close(gx, tv_gx)
 
 
 def test_other_strides_are_handled(device):

@@ -11,6 +11,7 @@
 // and walks the image's RoIs in index order, so the result is deterministic and independent of the
 // thread count (no atomics, no racy accumulation).
 // fp16/bf16 accumulate in fp32 (at::opmath_type) and are rounded once.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -216,8 +217,26 @@ void forward_cpu(const RoiAlignProblem& p, at::Tensor& out) {
 
 void backward_cpu(const RoiAlignProblem& p, const at::Tensor& grad) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
-    if (p.params.channels_last) {
+    const RoiAlignParams& q = p.params;
+    if (q.channels_last) {
       backward_impl<scalar_t, true>(p, grad);
+    } else if (transpose_pays(p)) {
+      // As the forward: scatter into channels-last scratch planes with the channel-vector kernel,
+      // then transpose into the NCHW gradient (same summation order: bitwise the same result).
+      RoiAlignProblem t = p;
+      t.params.channels_last = true;
+      const at::TensorOptions acc = grad.options().dtype(at::CppTypeToScalarType<at::opmath_type<scalar_t>>::value);
+      std::vector<at::Tensor> scratch;
+      for (int l = 0; l < q.num_levels; ++l) {
+        scratch.push_back(at::empty({q.batch, q.channels, q.height[l], q.width[l]},
+                                    acc.memory_format(at::MemoryFormat::ChannelsLast))
+                              .zero_());
+        t.params.grad_features[l] = scratch.back().data_ptr();
+      }
+      backward_impl<scalar_t, true>(t, grad.contiguous(at::MemoryFormat::ChannelsLast));
+      for (int l = 0; l < q.num_levels; ++l) {
+        at::from_blob(q.grad_features[l], {q.batch, q.channels, q.height[l], q.width[l]}, acc).copy_(scratch[l]);
+      }
     } else {
       backward_impl<scalar_t, false>(p, grad);
     }
