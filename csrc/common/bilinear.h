@@ -27,38 +27,52 @@ struct BilinearCorners {
   bool valid;            // false: the point is outside the plane (value 0, no gradient)
 };
 
+// One axis of the bilinear support: the point v on an axis of `size` >= 1 pixels lies between
+// pixels low and high (equal at the clamped edge) with weights w_low + w_high = 1; `valid` is false
+// outside [-1, size] (and for NaN). The 2-D corners are the products of the two axes; RoIAlign's
+// gather-form backward uses the axes on their own (the support of a regular sample grid is separable).
+template <typename S>
+struct BilinearAxis {
+  int64_t low, high;
+  S w_low, w_high;
+  bool valid;
+};
+
+template <typename S>
+FASTDET_HD BilinearAxis<S> bilinear_axis(S v, int64_t size) {
+  BilinearAxis<S> a{0, 0, S(0), S(0), false};
+  // NB: written so that NaN fails it (every comparison with NaN is false).
+  if (!(v >= S(-1) && v <= S(size))) return a;
+  if (v <= S(0)) v = S(0);
+  a.low = static_cast<int64_t>(v);  // v in [0, size]
+  if (a.low >= size - 1) {
+    a.low = a.high = size - 1;
+    v = S(a.low);
+  } else {
+    a.high = a.low + 1;
+  }
+  const S l = v - S(a.low);
+  a.w_low = S(1) - l;
+  a.w_high = l;
+  a.valid = true;
+  return a;
+}
+
 // S: the math type (float for fp16/bf16/fp32 inputs, double for fp64). height, width >= 1.
 template <typename S>
 FASTDET_HD BilinearCorners<S> bilinear_corners(S y, S x, int64_t height, int64_t width) {
   BilinearCorners<S> c{0, 0, 0, 0, S(0), S(0), S(0), S(0), false};
-  // NB: written so that NaN fails it (every comparison with NaN is false).
-  if (!(y >= S(-1) && y <= S(height) && x >= S(-1) && x <= S(width))) return c;
-  if (y <= S(0)) y = S(0);
-  if (x <= S(0)) x = S(0);
-  int64_t y_low = static_cast<int64_t>(y), x_low = static_cast<int64_t>(x);  // y, x in [0, H], [0, W]
-  int64_t y_high, x_high;
-  if (y_low >= height - 1) {
-    y_low = y_high = height - 1;
-    y = S(y_low);
-  } else {
-    y_high = y_low + 1;
-  }
-  if (x_low >= width - 1) {
-    x_low = x_high = width - 1;
-    x = S(x_low);
-  } else {
-    x_high = x_low + 1;
-  }
-  const S ly = y - S(y_low), lx = x - S(x_low);
-  const S hy = S(1) - ly, hx = S(1) - lx;
-  c.o00 = y_low * width + x_low;
-  c.o01 = y_low * width + x_high;
-  c.o10 = y_high * width + x_low;
-  c.o11 = y_high * width + x_high;
-  c.w00 = hy * hx;
-  c.w01 = hy * lx;
-  c.w10 = ly * hx;
-  c.w11 = ly * lx;
+  const BilinearAxis<S> ay = bilinear_axis(y, height);
+  const BilinearAxis<S> ax = bilinear_axis(x, width);
+  if (!(ay.valid && ax.valid)) return c;
+  c.o00 = ay.low * width + ax.low;
+  c.o01 = ay.low * width + ax.high;
+  c.o10 = ay.high * width + ax.low;
+  c.o11 = ay.high * width + ax.high;
+  c.w00 = ay.w_low * ax.w_low;
+  c.w01 = ay.w_low * ax.w_high;
+  c.w10 = ay.w_high * ax.w_low;
+  c.w11 = ay.w_high * ax.w_high;
   c.valid = true;
   return c;
 }

@@ -16,15 +16,20 @@ namespace fastdet {
 // integer in [0, N). Checking the indices reads one bool back from the device (a sync on CUDA):
 // it is what turns a bad index into an error instead of an out-of-bounds read. Kernels still treat
 // an index outside [0, N) as an empty RoI, so nothing is read out of bounds even without the check.
+// same_dtype = false lets rois be any floating dtype (ops that read them in their math type).
 inline void check_rois(const at::Tensor& input, const at::Tensor& rois, const char* op,
-                       const char* input_arg = "input", const char* rois_arg = "rois") {
+                       const char* input_arg = "input", const char* rois_arg = "rois", bool same_dtype = true) {
   TORCH_CHECK(input.dim() == 4, "fastdet::", op, ": ", input_arg, " must have shape [N, C, H, W], got ",
               shape_str(input));
   check_floating(input, op, input_arg);
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "fastdet::", op, ": ", rois_arg,
               " must have shape [K, 5] (batch_index, x1, y1, x2, y2), got ", shape_str(rois));
   check_same_device(input, rois, op, input_arg, rois_arg);
-  check_same_dtype(input, rois, op, input_arg, rois_arg);
+  if (same_dtype) {
+    check_same_dtype(input, rois, op, input_arg, rois_arg);
+  } else {
+    check_floating(rois, op, rois_arg);
+  }
   if (rois.size(0) == 0) return;
   const at::Tensor idx = rois.select(1, 0);
   // NaN != floor(NaN), so a NaN index is caught by the integrality test.

@@ -28,6 +28,7 @@ from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
 from .roi_pool import RoIPool, roi_pool
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
+from .roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align
 from .soft_nms import soft_nms
 
 __all__ = [
@@ -57,4 +58,8 @@ __all__ = [
     "deform_conv2d_onnx_translation",
     "roi_pool",
     "RoIPool",
+    "roi_align",
+    "RoIAlign",
+    "multi_scale_roi_align",
+    "MultiScaleRoIAlign",
 ]
