@@ -19,6 +19,7 @@ from .box_iou import (
 from .corner_pool import CornerPool, corner_pool, corner_pool_sum
 from .multiclass_nms import multiclass_nms
 from .nms import batched_nms, nms
+from .simota import SimOTAAssigner, simota_assign, simota_cost
 from .soft_nms import soft_nms
 
 __all__ = [
@@ -39,4 +40,7 @@ __all__ = [
     "corner_pool",
     "corner_pool_sum",
     "CornerPool",
+    "simota_cost",
+    "simota_assign",
+    "SimOTAAssigner",
 ]

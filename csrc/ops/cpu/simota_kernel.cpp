@@ -1,0 +1,237 @@
+// CPU kernels of fastdet::simota_cost and fastdet::simota_assign (math in ops/simota.h).
+//
+// (1) Per (image, anchor), in parallel: candidate flag (inside some valid GT's box or centre
+//     region) and, for candidates only, cls_sum = sum_k -max(log1p(-p_k), -100) in double.
+// (2) Per (image, GT), in parallel: one scan over the image's candidates keeps the top
+//     candidate_topk IoUs and the candidate_topk lowest costs (ties to the lower anchor); the
+//     dynamic k (<= candidate_topk, since IoU <= 1) picks the first k of the latter.
+// (3) Per image, in parallel: count the claims of every anchor, then resolve each anchor
+//     (simota_resolve: conflicts go to the GT of lowest cost) and write the outputs.
+// Nothing of size G x A (or G x A x C) is stored; the cost matrix exists only in simota_cost.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "ops/simota.h"
+
+namespace fastdet {
+namespace {
+
+// Labels of masked GTs must be class indices (checked here: CPU tensors need no synchronisation).
+void check_labels_cpu(const SimotaProblem& s, const char* op) {
+  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
+  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  const int64_t n = s.p.batch * s.p.gts, C = s.p.classes;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(!mask[i] || (labels[i] >= 0 && labels[i] < C), "fastdet::", op,
+                ": gt_labels must be in [0, C) = [0, ", C, ") where gt_mask is set, got ", labels[i],
+                " at [", i / s.p.gts, ", ", i % s.p.gts, "]");
+  }
+}
+
+// Pass (1): candidate flags [B * A] and cls_sum [B * A] (0 for non-candidates).
+template <typename T>
+void candidates_and_cls_sum(const SimotaProblem& s, std::vector<uint8_t>& cand, std::vector<double>& cls_sum) {
+  using acc_t = at::opmath_type<T>;
+  const SimotaParams& p = s.p;
+  const T* scores = s.pred_scores.const_data_ptr<T>();
+  const T* priors = s.priors.const_data_ptr<T>();
+  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
+  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
+  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  const acc_t radius = static_cast<acc_t>(p.center_radius);
+  cand.assign(p.batch * p.anchors, 0);
+  cls_sum.assign(p.batch * p.anchors, 0.0);
+  at::parallel_for(0, p.batch * p.anchors, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t ba = begin; ba < end; ++ba) {
+      const int64_t b = ba / p.anchors, a = ba % p.anchors;
+      const SimotaAnchor<acc_t> an = load_prior<acc_t>(priors, a);
+      bool any = false;
+      for (int64_t g = 0; g < p.gts && !any; ++g) {
+        const int64_t bg = b * p.gts + g;
+        any = simota_gt_valid(mask, labels, bg, p.classes) &&
+              simota_candidate_of(load_box<acc_t>(gt_boxes, bg), an, radius, p.center_only);
+      }
+      if (!any) continue;
+      cand[ba] = 1;
+      const T* row = scores + ba * p.classes;
+      double sum = 0;
+      for (int64_t k = 0; k < p.classes; ++k) sum += simota_neg_log1m(static_cast<acc_t>(row[k]));
+      cls_sum[ba] = sum;
+    }
+  });
+}
+
+template <typename T>
+void simota_cost_impl(const SimotaProblem& s, at::Tensor& cost) {
+  using acc_t = at::opmath_type<T>;
+  const SimotaParams& p = s.p;
+  std::vector<uint8_t> cand;
+  std::vector<double> cls_sum;
+  candidates_and_cls_sum<T>(s, cand, cls_sum);
+  const T* scores = s.pred_scores.const_data_ptr<T>();
+  const T* pred_boxes = s.pred_boxes.const_data_ptr<T>();
+  const T* priors = s.priors.const_data_ptr<T>();
+  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
+  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
+  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "simota_cost_out", [&] {
+    using out_t = scalar_t;
+    out_t* out = cost.data_ptr<out_t>();
+    const out_t inf = std::numeric_limits<out_t>::infinity();
+    at::parallel_for(0, p.batch * p.gts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bg = begin; bg < end; ++bg) {
+        const int64_t b = bg / p.gts;
+        out_t* row = out + bg * p.anchors;
+        if (!simota_gt_valid(mask, labels, bg, p.classes)) {
+          for (int64_t a = 0; a < p.anchors; ++a) row[a] = inf;
+          continue;
+        }
+        const Box<acc_t> gt = load_box<acc_t>(gt_boxes, bg);
+        for (int64_t a = 0; a < p.anchors; ++a) {
+          if (!cand[b * p.anchors + a]) {
+            row[a] = inf;
+            continue;
+          }
+          acc_t iou;
+          double c;
+          simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gt, labels[bg], iou, c);
+          row[a] = static_cast<out_t>(c);
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Tensor& assigned_labels,
+                        at::Tensor& assigned_ious, at::Tensor& num_fg) {
+  using acc_t = at::opmath_type<T>;
+  const SimotaParams& p = s.p;
+  const int64_t A = p.anchors, G = p.gts, K = p.topk;
+  std::vector<uint8_t> cand;
+  std::vector<double> cls_sum;
+  candidates_and_cls_sum<T>(s, cand, cls_sum);
+  const T* scores = s.pred_scores.const_data_ptr<T>();
+  const T* pred_boxes = s.pred_boxes.const_data_ptr<T>();
+  const T* priors = s.priors.const_data_ptr<T>();
+  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
+  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
+  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+
+  // (2) per (image, GT): the k anchors it takes, sel[bg * K + j], j < ksel[bg].
+  std::vector<int32_t> sel(p.batch * G * K, -1);
+  std::vector<int64_t> ksel(p.batch * G, 0);
+  std::vector<int64_t> num_cand(p.batch, 0);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t a = 0; a < A; ++a) num_cand[b] += cand[b * A + a];
+  }
+  at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
+    SimotaSmallest top_iou, top_cost;  // top_iou holds -IoU
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G;
+      if (!simota_gt_valid(mask, labels, bg, p.classes) || num_cand[b] == 0) continue;
+      const Box<acc_t> gt = load_box<acc_t>(gt_boxes, bg);
+      top_iou.len = top_cost.len = 0;
+      for (int64_t a = 0; a < A; ++a) {
+        if (!cand[b * A + a]) continue;
+        acc_t iou;
+        double c;
+        simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gt, labels[bg], iou, c);
+        top_iou.push(-static_cast<double>(iou), static_cast<int32_t>(a), static_cast<int>(K));
+        top_cost.push(c, static_cast<int32_t>(a), static_cast<int>(K));
+      }
+      double iou_sum = 0;
+      for (int j = 0; j < top_iou.len; ++j) iou_sum += -top_iou.key[j];
+      const int64_t k = simota_dynamic_k(iou_sum, num_cand[b]);
+      ksel[bg] = k;
+      for (int64_t j = 0; j < k; ++j) sel[bg * K + j] = top_cost.idx[j];
+    }
+  });
+
+  // (3) per image: claims, then conflict resolution and outputs.
+  int64_t* out_gt = assigned_gt.data_ptr<int64_t>();
+  int64_t* out_label = assigned_labels.data_ptr<int64_t>();
+  T* out_iou = assigned_ious.data_ptr<T>();
+  int64_t* out_num = num_fg.data_ptr<int64_t>();
+  at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> count(A), owner(A);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(count.begin(), count.end(), 0);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t bg = b * G + g;
+        for (int64_t j = 0; j < ksel[bg]; ++j) {
+          const int32_t a = sel[bg * K + j];
+          ++count[a];
+          owner[a] = static_cast<int32_t>(g);
+        }
+      }
+      int64_t fg = 0;
+      for (int64_t a = 0; a < A; ++a) {
+        acc_t iou;
+        const int64_t g = simota_resolve<acc_t>(p, scores, pred_boxes, priors, gt_boxes, labels, mask, cls_sum.data(),
+                                                b, a, count[a], owner[a], iou);
+        const int64_t ba = b * A + a;
+        out_gt[ba] = g;
+        out_label[ba] = g >= 0 ? labels[b * G + g] : -1;
+        out_iou[ba] = static_cast<T>(iou);
+        fg += g >= 0;
+      }
+      out_num[b] = fg;
+    }
+  });
+}
+
+at::ScalarType cost_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor simota_cost_cpu(const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& priors,
+                           const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_mask,
+                           double center_radius, double iou_weight, double cls_weight, bool center_only,
+                           double outside_cost) {
+  const SimotaProblem s = prepare_simota("simota_cost", pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask,
+                                         center_radius, 1, iou_weight, cls_weight, center_only, outside_cost);
+  check_labels_cpu(s, "simota_cost");
+  at::Tensor cost = at::empty({s.p.batch, s.p.gts, s.p.anchors}, pred_scores.options().dtype(cost_dtype(pred_scores)));
+  if (cost.numel() == 0) return cost;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred_scores.scalar_type(), "simota_cost_cpu",
+                                  [&] { simota_cost_impl<scalar_t>(s, cost); });
+  return cost;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
+    const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& priors, const at::Tensor& gt_boxes,
+    const at::Tensor& gt_labels, const at::Tensor& gt_mask, double center_radius, int64_t candidate_topk,
+    double iou_weight, double cls_weight, bool center_only, double outside_cost) {
+  const SimotaProblem s = prepare_simota("simota_assign", pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask,
+                                         center_radius, candidate_topk, iou_weight, cls_weight, center_only,
+                                         outside_cost);
+  check_labels_cpu(s, "simota_assign");
+  const int64_t B = s.p.batch, A = s.p.anchors;
+  const auto long_opts = pred_scores.options().dtype(at::kLong);
+  at::Tensor assigned_gt = at::full({B, A}, -1, long_opts);
+  at::Tensor assigned_labels = at::full({B, A}, -1, long_opts);
+  at::Tensor assigned_ious = at::zeros({B, A}, pred_scores.options());
+  at::Tensor num_fg = at::zeros({B}, long_opts);
+  if (B == 0 || A == 0 || s.p.gts == 0) return {assigned_gt, assigned_labels, assigned_ious, num_fg};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred_scores.scalar_type(), "simota_assign_cpu", [&] {
+    simota_assign_impl<scalar_t>(s, assigned_gt, assigned_labels, assigned_ious, num_fg);
+  });
+  return {assigned_gt, assigned_labels, assigned_ious, num_fg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdet, CPU, m) {
+  m.impl("simota_cost", &simota_cost_cpu);
+  m.impl("simota_assign", &simota_assign_cpu);
+}
+
+}  // namespace fastdet
