@@ -163,7 +163,7 @@ def test_images_without_gt_are_background(device):
 
 def test_no_candidate_anchor_is_background(device):
     inputs, _ = make_scene(batch=1, max_gt=2, seed=7)
-    inputs[3] = torch.tensor([[[1000.0, 1000.0, 1010.0, 1010.0], [-50.0, -50.0, -40.0, -40.0]]], dtype=torch.float64)
+    inputs[3] = torch.tensor([[[1000.0, 1000.0, 1010.0, 1010.0], [-500.0, -500.0, -490.0, -490.0]]], dtype=torch.float64)
     inputs[4] = torch.tensor([[0, 1]])
     inputs[5] = torch.tensor([[True, True]])
     gt, _, _, num_fg = ops.simota_assign(*to(inputs, device))

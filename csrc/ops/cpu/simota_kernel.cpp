@@ -2,11 +2,13 @@
 //
 // (1) Per (image, anchor), in parallel: candidate flag (inside some valid GT's box or centre
 //     region) and, for candidates only, cls_sum = sum_k -max(log1p(-p_k), -100) in double.
-// (2) Per (image, GT), in parallel: one scan over the image's candidates keeps the top
-//     candidate_topk IoUs and the candidate_topk lowest costs (ties to the lower anchor); the
-//     dynamic k (<= candidate_topk, since IoU <= 1) picks the first k of the latter.
-// (3) Per image, in parallel: count the claims of every anchor, then resolve each anchor
-//     (simota_resolve: conflicts go to the GT of lowest cost) and write the outputs.
+// (2) Per (image, chunk of anchors), in parallel: every candidate anchor of the chunk against
+//     every valid GT; per GT the chunk keeps its candidate_topk largest IoUs and candidate_topk
+//     lowest costs (ties to the lower anchor).
+// (3) Per image, in parallel: merge the chunks' lists per GT; the dynamic k (<= candidate_topk,
+//     since IoU <= 1) takes the first k of the cost list; count the claims of every anchor, then
+//     resolve each anchor (simota_resolve: conflicts go to the GT of lowest cost) and write the
+//     outputs.
 // Nothing of size G x A (or G x A x C) is stored; the cost matrix exists only in simota_cost.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -16,6 +18,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -127,49 +130,69 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
   const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
   const bool* mask = s.gt_mask.const_data_ptr<bool>();
 
-  // (2) per (image, GT): the k anchors it takes, sel[bg * K + j], j < ksel[bg].
-  std::vector<int32_t> sel(p.batch * G * K, -1);
-  std::vector<int64_t> ksel(p.batch * G, 0);
-  std::vector<int64_t> num_cand(p.batch, 0);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t a = 0; a < A; ++a) num_cand[b] += cand[b * A + a];
-  }
-  at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
-    SimotaSmallest top_iou, top_cost;  // top_iou holds -IoU
-    for (int64_t bg = begin; bg < end; ++bg) {
-      const int64_t b = bg / G;
-      if (!simota_gt_valid(mask, labels, bg, p.classes) || num_cand[b] == 0) continue;
-      const Box<acc_t> gt = load_box<acc_t>(gt_boxes, bg);
-      top_iou.len = top_cost.len = 0;
-      for (int64_t a = 0; a < A; ++a) {
-        if (!cand[b * A + a]) continue;
-        acc_t iou;
-        double c;
-        simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gt, labels[bg], iou, c);
-        top_iou.push(-static_cast<double>(iou), static_cast<int32_t>(a), static_cast<int>(K));
-        top_cost.push(c, static_cast<int32_t>(a), static_cast<int>(K));
+  // (2) per (image, chunk of anchors): anchors outer, GTs inner, so an anchor's score row and
+  // boxes stay in cache while every GT of the image sees it. Each task leaves, per GT, its
+  // candidate_topk smallest (-IoU) and (cost) lists in `lists` ([task][g][iou | cost]).
+  const int64_t chunk = 1024, chunks = (A + chunk - 1) / chunk, tasks = p.batch * chunks;
+  std::vector<SimotaSmallest> lists(tasks * G * 2);
+  std::vector<int64_t> task_cand(tasks, 0);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> valid;
+    std::vector<Box<acc_t>> gts;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / chunks, a0 = (t % chunks) * chunk, a1 = std::min(A, a0 + chunk);
+      valid.clear();
+      gts.clear();
+      for (int64_t g = 0; g < G; ++g) {
+        if (!simota_gt_valid(mask, labels, b * G + g, p.classes)) continue;
+        valid.push_back(g);
+        gts.push_back(load_box<acc_t>(gt_boxes, b * G + g));
       }
-      double iou_sum = 0;
-      for (int j = 0; j < top_iou.len; ++j) iou_sum += -top_iou.key[j];
-      const int64_t k = simota_dynamic_k(iou_sum, num_cand[b]);
-      ksel[bg] = k;
-      for (int64_t j = 0; j < k; ++j) sel[bg * K + j] = top_cost.idx[j];
+      SimotaSmallest* task_lists = lists.data() + t * G * 2;
+      int64_t n = 0;
+      for (int64_t a = a0; a < a1; ++a) {
+        if (!cand[b * A + a]) continue;
+        ++n;
+        for (size_t j = 0; j < valid.size(); ++j) {
+          const int64_t g = valid[j];
+          acc_t iou;
+          double c;
+          simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gts[j], labels[b * G + g], iou, c);
+          task_lists[2 * g].push(-static_cast<double>(iou), static_cast<int32_t>(a), static_cast<int>(K));
+          task_lists[2 * g + 1].push(c, static_cast<int32_t>(a), static_cast<int>(K));
+        }
+      }
+      task_cand[t] = n;
     }
   });
 
-  // (3) per image: claims, then conflict resolution and outputs.
+  // (3) per image: merge the chunks' lists (the (key, anchor) order is total, so the result is
+  // the sequential one), dynamic k and the k picks of every GT, claims, then conflict resolution
+  // and outputs.
   int64_t* out_gt = assigned_gt.data_ptr<int64_t>();
   int64_t* out_label = assigned_labels.data_ptr<int64_t>();
   T* out_iou = assigned_ious.data_ptr<T>();
   int64_t* out_num = num_fg.data_ptr<int64_t>();
   at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> count(A), owner(A);
+    SimotaSmallest top_iou, top_cost;
     for (int64_t b = begin; b < end; ++b) {
       std::fill(count.begin(), count.end(), 0);
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t bg = b * G + g;
-        for (int64_t j = 0; j < ksel[bg]; ++j) {
-          const int32_t a = sel[bg * K + j];
+      int64_t num_cand = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) num_cand += task_cand[b * chunks + ch];
+      for (int64_t g = 0; g < G && num_cand > 0; ++g) {
+        if (!simota_gt_valid(mask, labels, b * G + g, p.classes)) continue;
+        top_iou.len = top_cost.len = 0;
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+          const SimotaSmallest* l = lists.data() + ((b * chunks + ch) * G + g) * 2;
+          for (int j = 0; j < l[0].len; ++j) top_iou.push(l[0].key[j], l[0].idx[j], static_cast<int>(K));
+          for (int j = 0; j < l[1].len; ++j) top_cost.push(l[1].key[j], l[1].idx[j], static_cast<int>(K));
+        }
+        double iou_sum = 0;
+        for (int j = 0; j < top_iou.len; ++j) iou_sum += -top_iou.key[j];
+        const int64_t k = simota_dynamic_k(iou_sum, num_cand);
+        for (int64_t j = 0; j < k; ++j) {
+          const int32_t a = top_cost.idx[j];
           ++count[a];
           owner[a] = static_cast<int32_t>(g);
         }
