@@ -97,6 +97,28 @@ inline SimotaProblem prepare_simota(const char* op, const at::Tensor& pred_score
   return s;
 }
 
+// Raw pointers of the canonical inputs, passed by value to the kernels.
+template <typename T>
+struct SimotaInputs {
+  const T* scores;      // [B, A, C]
+  const T* pred_boxes;  // [B, A, 4]
+  const T* priors;      // [A, 4]
+  const T* gt_boxes;    // [B, G, 4]
+  const int64_t* labels;  // [B, G]
+  const bool* mask;       // [B, G]
+};
+
+template <typename T>
+SimotaInputs<T> simota_inputs(const SimotaProblem& s) {
+  return {s.pred_scores.const_data_ptr<T>(), s.pred_boxes.const_data_ptr<T>(), s.priors.const_data_ptr<T>(),
+          s.gt_boxes.const_data_ptr<T>(), s.gt_labels.const_data_ptr<int64_t>(), s.gt_mask.const_data_ptr<bool>()};
+}
+
+// dtype of simota_cost's output: float64 for float64 inputs, else float32 (1e5 overflows fp16).
+inline at::ScalarType simota_cost_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // ---- per-pair math (host and device) ----------------------------------------------------------
 
 // A ground truth takes part when its mask is set and its label is a class index. (The CPU host
@@ -169,16 +191,15 @@ FASTDET_HD double simota_pair_cost(const SimotaParams& p, double cls_sum, acc_t 
 
 // Everything about pair (g, a) of image b the selection needs.
 template <typename acc_t, typename T>
-FASTDET_HD void simota_pair(const SimotaParams& p, const T* scores, const T* pred_boxes, const T* priors,
-                            const double* cls_sum, int64_t b, int64_t a, const Box<acc_t>& gt, int64_t label,
-                            acc_t& iou, double& cost) {
-  const SimotaAnchor<acc_t> an = load_prior<acc_t>(priors, a);
+FASTDET_HD void simota_pair(const SimotaParams& p, const SimotaInputs<T>& in, const double* cls_sum, int64_t b,
+                            int64_t a, const Box<acc_t>& gt, int64_t label, acc_t& iou, double& cost) {
+  const SimotaAnchor<acc_t> an = load_prior<acc_t>(in.priors, a);
   bool in_box, in_center;
   simota_geometry(gt, an, static_cast<acc_t>(p.center_radius), in_box, in_center);
   const bool related = p.center_only ? in_center : (in_box && in_center);
   const int64_t ba = b * p.anchors + a;
-  iou = simota_iou(gt, load_box<acc_t>(pred_boxes, ba));
-  cost = simota_pair_cost<acc_t>(p, cls_sum[ba], static_cast<acc_t>(scores[ba * p.classes + label]), iou, related);
+  iou = simota_iou(gt, load_box<acc_t>(in.pred_boxes, ba));
+  cost = simota_pair_cost<acc_t>(p, cls_sum[ba], static_cast<acc_t>(in.scores[ba * p.classes + label]), iou, related);
 }
 
 // ---- the k smallest (key, index) pairs of a stream, ascending; ties to the lower index --------
@@ -229,10 +250,8 @@ FASTDET_HD int64_t simota_dynamic_k(double iou_sum, int64_t num_candidates) {
 // as YOLOX's dynamic_k_matching resolves conflicts (over all GTs, not only the claimants).
 // Writes the IoU of the pair (0 for background).
 template <typename acc_t, typename T>
-FASTDET_HD int64_t simota_resolve(const SimotaParams& p, const T* scores, const T* pred_boxes, const T* priors,
-                                  const T* gt_boxes, const int64_t* gt_labels, const bool* gt_mask,
-                                  const double* cls_sum, int64_t b, int64_t a, int32_t count, int32_t owner,
-                                  acc_t& iou_out) {
+FASTDET_HD int64_t simota_resolve(const SimotaParams& p, const SimotaInputs<T>& in, const double* cls_sum, int64_t b,
+                                  int64_t a, int32_t count, int32_t owner, acc_t& iou_out) {
   iou_out = acc_t(0);
   if (count == 0) return -1;
   int64_t best = owner;
@@ -241,11 +260,10 @@ FASTDET_HD int64_t simota_resolve(const SimotaParams& p, const T* scores, const 
     best = -1;
     for (int64_t g = 0; g < p.gts; ++g) {
       const int64_t bg = b * p.gts + g;
-      if (!simota_gt_valid(gt_mask, gt_labels, bg, p.classes)) continue;
+      if (!simota_gt_valid(in.mask, in.labels, bg, p.classes)) continue;
       acc_t iou;
       double cost;
-      simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum, b, a, load_box<acc_t>(gt_boxes, bg), gt_labels[bg],
-                         iou, cost);
+      simota_pair<acc_t>(p, in, cls_sum, b, a, load_box<acc_t>(in.gt_boxes, bg), in.labels[bg], iou, cost);
       cost = simota_key(cost);
       if (best < 0 || cost < best_cost) {
         best = g;
@@ -253,7 +271,7 @@ FASTDET_HD int64_t simota_resolve(const SimotaParams& p, const T* scores, const 
       }
     }
   }
-  iou_out = simota_iou(load_box<acc_t>(gt_boxes, b * p.gts + best), load_box<acc_t>(pred_boxes, b * p.anchors + a));
+  iou_out = simota_iou(load_box<acc_t>(in.gt_boxes, b * p.gts + best), load_box<acc_t>(in.pred_boxes, b * p.anchors + a));
   return best;
 }
 

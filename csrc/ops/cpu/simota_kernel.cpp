@@ -45,27 +45,23 @@ template <typename T>
 void candidates_and_cls_sum(const SimotaProblem& s, std::vector<uint8_t>& cand, std::vector<double>& cls_sum) {
   using acc_t = at::opmath_type<T>;
   const SimotaParams& p = s.p;
-  const T* scores = s.pred_scores.const_data_ptr<T>();
-  const T* priors = s.priors.const_data_ptr<T>();
-  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
-  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
-  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  const SimotaInputs<T> in = simota_inputs<T>(s);
   const acc_t radius = static_cast<acc_t>(p.center_radius);
   cand.assign(p.batch * p.anchors, 0);
   cls_sum.assign(p.batch * p.anchors, 0.0);
   at::parallel_for(0, p.batch * p.anchors, 256, [&](int64_t begin, int64_t end) {
     for (int64_t ba = begin; ba < end; ++ba) {
       const int64_t b = ba / p.anchors, a = ba % p.anchors;
-      const SimotaAnchor<acc_t> an = load_prior<acc_t>(priors, a);
+      const SimotaAnchor<acc_t> an = load_prior<acc_t>(in.priors, a);
       bool any = false;
       for (int64_t g = 0; g < p.gts && !any; ++g) {
         const int64_t bg = b * p.gts + g;
-        any = simota_gt_valid(mask, labels, bg, p.classes) &&
-              simota_candidate_of(load_box<acc_t>(gt_boxes, bg), an, radius, p.center_only);
+        any = simota_gt_valid(in.mask, in.labels, bg, p.classes) &&
+              simota_candidate_of(load_box<acc_t>(in.gt_boxes, bg), an, radius, p.center_only);
       }
       if (!any) continue;
       cand[ba] = 1;
-      const T* row = scores + ba * p.classes;
+      const T* row = in.scores + ba * p.classes;
       double sum = 0;
       for (int64_t k = 0; k < p.classes; ++k) sum += simota_neg_log1m(static_cast<acc_t>(row[k]));
       cls_sum[ba] = sum;
@@ -80,12 +76,7 @@ void simota_cost_impl(const SimotaProblem& s, at::Tensor& cost) {
   std::vector<uint8_t> cand;
   std::vector<double> cls_sum;
   candidates_and_cls_sum<T>(s, cand, cls_sum);
-  const T* scores = s.pred_scores.const_data_ptr<T>();
-  const T* pred_boxes = s.pred_boxes.const_data_ptr<T>();
-  const T* priors = s.priors.const_data_ptr<T>();
-  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
-  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
-  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  const SimotaInputs<T> in = simota_inputs<T>(s);
   AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "simota_cost_out", [&] {
     using out_t = scalar_t;
     out_t* out = cost.data_ptr<out_t>();
@@ -94,11 +85,11 @@ void simota_cost_impl(const SimotaProblem& s, at::Tensor& cost) {
       for (int64_t bg = begin; bg < end; ++bg) {
         const int64_t b = bg / p.gts;
         out_t* row = out + bg * p.anchors;
-        if (!simota_gt_valid(mask, labels, bg, p.classes)) {
+        if (!simota_gt_valid(in.mask, in.labels, bg, p.classes)) {
           for (int64_t a = 0; a < p.anchors; ++a) row[a] = inf;
           continue;
         }
-        const Box<acc_t> gt = load_box<acc_t>(gt_boxes, bg);
+        const Box<acc_t> gt = load_box<acc_t>(in.gt_boxes, bg);
         for (int64_t a = 0; a < p.anchors; ++a) {
           if (!cand[b * p.anchors + a]) {
             row[a] = inf;
@@ -106,7 +97,7 @@ void simota_cost_impl(const SimotaProblem& s, at::Tensor& cost) {
           }
           acc_t iou;
           double c;
-          simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gt, labels[bg], iou, c);
+          simota_pair<acc_t>(p, in, cls_sum.data(), b, a, gt, in.labels[bg], iou, c);
           row[a] = static_cast<out_t>(c);
         }
       }
@@ -123,12 +114,7 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
   std::vector<uint8_t> cand;
   std::vector<double> cls_sum;
   candidates_and_cls_sum<T>(s, cand, cls_sum);
-  const T* scores = s.pred_scores.const_data_ptr<T>();
-  const T* pred_boxes = s.pred_boxes.const_data_ptr<T>();
-  const T* priors = s.priors.const_data_ptr<T>();
-  const T* gt_boxes = s.gt_boxes.const_data_ptr<T>();
-  const int64_t* labels = s.gt_labels.const_data_ptr<int64_t>();
-  const bool* mask = s.gt_mask.const_data_ptr<bool>();
+  const SimotaInputs<T> in = simota_inputs<T>(s);
 
   // (2) per (image, chunk of anchors): anchors outer, GTs inner, so an anchor's score row and
   // boxes stay in cache while every GT of the image sees it. Each task leaves, per GT, its
@@ -144,9 +130,9 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
       valid.clear();
       gts.clear();
       for (int64_t g = 0; g < G; ++g) {
-        if (!simota_gt_valid(mask, labels, b * G + g, p.classes)) continue;
+        if (!simota_gt_valid(in.mask, in.labels, b * G + g, p.classes)) continue;
         valid.push_back(g);
-        gts.push_back(load_box<acc_t>(gt_boxes, b * G + g));
+        gts.push_back(load_box<acc_t>(in.gt_boxes, b * G + g));
       }
       SimotaSmallest* task_lists = lists.data() + t * G * 2;
       int64_t n = 0;
@@ -157,7 +143,7 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
           const int64_t g = valid[j];
           acc_t iou;
           double c;
-          simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum.data(), b, a, gts[j], labels[b * G + g], iou, c);
+          simota_pair<acc_t>(p, in, cls_sum.data(), b, a, gts[j], in.labels[b * G + g], iou, c);
           task_lists[2 * g].push(-static_cast<double>(iou), static_cast<int32_t>(a), static_cast<int>(K));
           task_lists[2 * g + 1].push(c, static_cast<int32_t>(a), static_cast<int>(K));
         }
@@ -181,7 +167,7 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
       int64_t num_cand = 0;
       for (int64_t ch = 0; ch < chunks; ++ch) num_cand += task_cand[b * chunks + ch];
       for (int64_t g = 0; g < G && num_cand > 0; ++g) {
-        if (!simota_gt_valid(mask, labels, b * G + g, p.classes)) continue;
+        if (!simota_gt_valid(in.mask, in.labels, b * G + g, p.classes)) continue;
         top_iou.len = top_cost.len = 0;
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const SimotaSmallest* l = lists.data() + ((b * chunks + ch) * G + g) * 2;
@@ -200,11 +186,10 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
       int64_t fg = 0;
       for (int64_t a = 0; a < A; ++a) {
         acc_t iou;
-        const int64_t g = simota_resolve<acc_t>(p, scores, pred_boxes, priors, gt_boxes, labels, mask, cls_sum.data(),
-                                                b, a, count[a], owner[a], iou);
+        const int64_t g = simota_resolve<acc_t>(p, in, cls_sum.data(), b, a, count[a], owner[a], iou);
         const int64_t ba = b * A + a;
         out_gt[ba] = g;
-        out_label[ba] = g >= 0 ? labels[b * G + g] : -1;
+        out_label[ba] = g >= 0 ? in.labels[b * G + g] : -1;
         out_iou[ba] = static_cast<T>(iou);
         fg += g >= 0;
       }
@@ -213,8 +198,6 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
   });
 }
 
-at::ScalarType cost_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor simota_cost_cpu(const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& priors,
                            const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_mask,
                            double center_radius, double iou_weight, double cls_weight, bool center_only,
@@ -222,7 +205,7 @@ at::Tensor simota_cost_cpu(const at::Tensor& pred_scores, const at::Tensor& pred
   const SimotaProblem s = prepare_simota("simota_cost", pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask,
                                          center_radius, 1, iou_weight, cls_weight, center_only, outside_cost);
   check_labels_cpu(s, "simota_cost");
-  at::Tensor cost = at::empty({s.p.batch, s.p.gts, s.p.anchors}, pred_scores.options().dtype(cost_dtype(pred_scores)));
+  at::Tensor cost = at::empty({s.p.batch, s.p.gts, s.p.anchors}, pred_scores.options().dtype(simota_cost_dtype(pred_scores)));
   if (cost.numel() == 0) return cost;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred_scores.scalar_type(), "simota_cost_cpu",
                                   [&] { simota_cost_impl<scalar_t>(s, cost); });

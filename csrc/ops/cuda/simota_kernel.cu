@@ -36,9 +36,7 @@ constexpr int kSelectThreads = 128;
 constexpr int kSelectWarps = kSelectThreads / 32;
 
 template <typename T>
-__global__ void candidates_kernel(SimotaParams p, const T* __restrict__ scores, const T* __restrict__ priors,
-                                  const T* __restrict__ gt_boxes, const int64_t* __restrict__ labels,
-                                  const bool* __restrict__ mask, uint8_t* __restrict__ cand,
+__global__ void candidates_kernel(SimotaParams p, SimotaInputs<T> in, uint8_t* __restrict__ cand,
                                   double* __restrict__ cls_sum) {
   using acc_t = at::opmath_type<T>;
   const int lane = threadIdx.x % 32;
@@ -48,17 +46,17 @@ __global__ void candidates_kernel(SimotaParams p, const T* __restrict__ scores, 
   // The loop index is warp-uniform, so the warp votes below see every lane.
   for (int64_t ba = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; ba < total; ba += warps) {
     const int64_t b = ba / p.anchors, a = ba % p.anchors;
-    const SimotaAnchor<acc_t> an = load_prior<acc_t>(priors, a);
+    const SimotaAnchor<acc_t> an = load_prior<acc_t>(in.priors, a);
     bool any = false;
     for (int64_t g = lane; g < p.gts && !any; g += 32) {
       const int64_t bg = b * p.gts + g;
-      any = simota_gt_valid(mask, labels, bg, p.classes) &&
-            simota_candidate_of(load_box<acc_t>(gt_boxes, bg), an, radius, p.center_only);
+      any = simota_gt_valid(in.mask, in.labels, bg, p.classes) &&
+            simota_candidate_of(load_box<acc_t>(in.gt_boxes, bg), an, radius, p.center_only);
     }
     any = __any_sync(kFullMask, any);
     double sum = 0;
     if (any) {
-      const T* row = scores + ba * p.classes;
+      const T* row = in.scores + ba * p.classes;
       for (int64_t k = lane; k < p.classes; k += 32) sum += simota_neg_log1m(static_cast<acc_t>(row[k]));
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_down_sync(kFullMask, sum, off);
     }
@@ -127,19 +125,17 @@ __device__ void merge_heads(const SimotaSmallest& list, int64_t rounds, double* 
 
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
-    select_kernel(SimotaParams p, const T* __restrict__ scores, const T* __restrict__ pred_boxes,
-                  const T* __restrict__ priors, const T* __restrict__ gt_boxes, const int64_t* __restrict__ labels,
-                  const bool* __restrict__ mask, const uint8_t* __restrict__ cand, const double* __restrict__ cls_sum,
-                  int32_t* __restrict__ count, int32_t* __restrict__ owner) {
+    select_kernel(SimotaParams p, SimotaInputs<T> in, const uint8_t* __restrict__ cand,
+                  const double* __restrict__ cls_sum, int32_t* __restrict__ count, int32_t* __restrict__ owner) {
   using acc_t = at::opmath_type<T>;
   __shared__ double s_key[kSelectWarps];
   __shared__ int32_t s_idx[kSelectWarps];
   __shared__ int64_t s_sum[kSelectWarps];
   const int K = static_cast<int>(p.topk);
   for (int64_t bg = blockIdx.x; bg < p.batch * p.gts; bg += gridDim.x) {  // block-uniform
-    if (!simota_gt_valid(mask, labels, bg, p.classes)) continue;
+    if (!simota_gt_valid(in.mask, in.labels, bg, p.classes)) continue;
     const int64_t b = bg / p.gts, g = bg % p.gts;
-    const Box<acc_t> gt = load_box<acc_t>(gt_boxes, bg);
+    const Box<acc_t> gt = load_box<acc_t>(in.gt_boxes, bg);
     SimotaSmallest top_iou, top_cost;  // top_iou holds -IoU
     int64_t n = 0;
     for (int64_t a = threadIdx.x; a < p.anchors; a += blockDim.x) {
@@ -147,7 +143,7 @@ __global__ void __launch_bounds__(kSelectThreads)
       ++n;
       acc_t iou;
       double c;
-      simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum, b, a, gt, labels[bg], iou, c);
+      simota_pair<acc_t>(p, in, cls_sum, b, a, gt, in.labels[bg], iou, c);
       top_iou.push(-static_cast<double>(iou), static_cast<int32_t>(a), K);
       top_cost.push(c, static_cast<int32_t>(a), K);
     }
@@ -167,10 +163,8 @@ __global__ void __launch_bounds__(kSelectThreads)
 }
 
 template <typename T>
-__global__ void resolve_kernel(SimotaParams p, const T* __restrict__ scores, const T* __restrict__ pred_boxes,
-                               const T* __restrict__ priors, const T* __restrict__ gt_boxes,
-                               const int64_t* __restrict__ labels, const bool* __restrict__ mask,
-                               const double* __restrict__ cls_sum, const int32_t* __restrict__ count,
+__global__ void resolve_kernel(SimotaParams p, SimotaInputs<T> in, const double* __restrict__ cls_sum,
+                               const int32_t* __restrict__ count,
                                const int32_t* __restrict__ owner, int64_t* __restrict__ out_gt,
                                int64_t* __restrict__ out_label, T* __restrict__ out_iou,
                                unsigned long long* __restrict__ num_fg) {
@@ -178,32 +172,27 @@ __global__ void resolve_kernel(SimotaParams p, const T* __restrict__ scores, con
   FASTDET_CUDA_KERNEL_LOOP(ba, p.batch * p.anchors) {
     const int64_t b = ba / p.anchors, a = ba % p.anchors;
     acc_t iou;
-    const int64_t g = simota_resolve<acc_t>(p, scores, pred_boxes, priors, gt_boxes, labels, mask, cls_sum, b, a,
-                                            count[ba], owner[ba], iou);
+    const int64_t g = simota_resolve<acc_t>(p, in, cls_sum, b, a, count[ba], owner[ba], iou);
     out_gt[ba] = g;
-    out_label[ba] = g >= 0 ? labels[b * p.gts + g] : -1;
+    out_label[ba] = g >= 0 ? in.labels[b * p.gts + g] : -1;
     out_iou[ba] = static_cast<T>(iou);
     if (g >= 0) atomicAdd(num_fg + b, 1ULL);
   }
 }
 
 template <typename T, typename out_t>
-__global__ void cost_kernel(SimotaParams p, const T* __restrict__ scores, const T* __restrict__ pred_boxes,
-                            const T* __restrict__ priors, const T* __restrict__ gt_boxes,
-                            const int64_t* __restrict__ labels, const bool* __restrict__ mask,
-                            const uint8_t* __restrict__ cand, const double* __restrict__ cls_sum,
-                            out_t* __restrict__ out) {
+__global__ void cost_kernel(SimotaParams p, SimotaInputs<T> in, const uint8_t* __restrict__ cand,
+                            const double* __restrict__ cls_sum, out_t* __restrict__ out) {
   using acc_t = at::opmath_type<T>;
   FASTDET_CUDA_KERNEL_LOOP(i, p.batch * p.gts * p.anchors) {
     const int64_t bg = i / p.anchors, a = i % p.anchors, b = bg / p.gts;
-    if (!simota_gt_valid(mask, labels, bg, p.classes) || !cand[b * p.anchors + a]) {
+    if (!simota_gt_valid(in.mask, in.labels, bg, p.classes) || !cand[b * p.anchors + a]) {
       out[i] = static_cast<out_t>(CUDART_INF);
       continue;
     }
     acc_t iou;
     double c;
-    simota_pair<acc_t>(p, scores, pred_boxes, priors, cls_sum, b, a, load_box<acc_t>(gt_boxes, bg), labels[bg], iou,
-                       c);
+    simota_pair<acc_t>(p, in, cls_sum, b, a, load_box<acc_t>(in.gt_boxes, bg), in.labels[bg], iou, c);
     out[i] = static_cast<out_t>(c);
   }
 }
@@ -212,13 +201,9 @@ template <typename T>
 void launch_candidates(const SimotaProblem& s, at::Tensor& cand, at::Tensor& cls_sum, cudaStream_t stream) {
   const SimotaParams& p = s.p;
   candidates_kernel<T><<<grid_for(p.batch * p.anchors * 32), kThreadsPerBlock, 0, stream>>>(
-      p, s.pred_scores.const_data_ptr<T>(), s.priors.const_data_ptr<T>(), s.gt_boxes.const_data_ptr<T>(),
-      s.gt_labels.const_data_ptr<int64_t>(), s.gt_mask.const_data_ptr<bool>(), cand.data_ptr<uint8_t>(),
-      cls_sum.data_ptr<double>());
+      p, simota_inputs<T>(s), cand.data_ptr<uint8_t>(), cls_sum.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-at::ScalarType cost_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 at::Tensor simota_cost_cuda(const at::Tensor& pred_scores, const at::Tensor& pred_boxes, const at::Tensor& priors,
                             const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_mask,
@@ -228,7 +213,7 @@ at::Tensor simota_cost_cuda(const at::Tensor& pred_scores, const at::Tensor& pre
                                          center_radius, 1, iou_weight, cls_weight, center_only, outside_cost);
   const c10::cuda::CUDAGuard guard(pred_scores.device());
   const SimotaParams& p = s.p;
-  at::Tensor cost = at::empty({p.batch, p.gts, p.anchors}, pred_scores.options().dtype(cost_dtype(pred_scores)));
+  at::Tensor cost = at::empty({p.batch, p.gts, p.anchors}, pred_scores.options().dtype(simota_cost_dtype(pred_scores)));
   if (cost.numel() == 0) return cost;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor cand = at::empty({p.batch * p.anchors}, pred_scores.options().dtype(at::kByte));
@@ -237,10 +222,8 @@ at::Tensor simota_cost_cuda(const at::Tensor& pred_scores, const at::Tensor& pre
     using out_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     launch_candidates<scalar_t>(s, cand, cls_sum, stream);
     cost_kernel<scalar_t, out_t><<<grid_for(cost.numel()), kThreadsPerBlock, 0, stream>>>(
-        p, s.pred_scores.const_data_ptr<scalar_t>(), s.pred_boxes.const_data_ptr<scalar_t>(),
-        s.priors.const_data_ptr<scalar_t>(), s.gt_boxes.const_data_ptr<scalar_t>(),
-        s.gt_labels.const_data_ptr<int64_t>(), s.gt_mask.const_data_ptr<bool>(), cand.const_data_ptr<uint8_t>(),
-        cls_sum.const_data_ptr<double>(), cost.data_ptr<out_t>());
+        p, simota_inputs<scalar_t>(s), cand.const_data_ptr<uint8_t>(), cls_sum.const_data_ptr<double>(),
+        cost.data_ptr<out_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return cost;
@@ -274,19 +257,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> simota_assign_cuda(
   static_assert(sizeof(unsigned long long) == sizeof(int64_t), "num_fg is counted as unsigned long long");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred_scores.scalar_type(), "simota_assign_cuda", [&] {
     launch_candidates<scalar_t>(s, cand, cls_sum, stream);
-    const auto* scores = s.pred_scores.const_data_ptr<scalar_t>();
-    const auto* pboxes = s.pred_boxes.const_data_ptr<scalar_t>();
-    const auto* pri = s.priors.const_data_ptr<scalar_t>();
-    const auto* gboxes = s.gt_boxes.const_data_ptr<scalar_t>();
-    const auto* labels = s.gt_labels.const_data_ptr<int64_t>();
-    const auto* mask = s.gt_mask.const_data_ptr<bool>();
+    const SimotaInputs<scalar_t> in = simota_inputs<scalar_t>(s);
     const unsigned int select_grid = static_cast<unsigned int>(std::min<int64_t>(B * p.gts, 1 << 20));
     select_kernel<scalar_t><<<select_grid, kSelectThreads, 0, stream>>>(
-        p, scores, pboxes, pri, gboxes, labels, mask, cand.const_data_ptr<uint8_t>(), cls_sum.const_data_ptr<double>(),
-        count, owner);
+        p, in, cand.const_data_ptr<uint8_t>(), cls_sum.const_data_ptr<double>(), count, owner);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     resolve_kernel<scalar_t><<<grid_for(B * A), kThreadsPerBlock, 0, stream>>>(
-        p, scores, pboxes, pri, gboxes, labels, mask, cls_sum.const_data_ptr<double>(), count, owner,
+        p, in, cls_sum.const_data_ptr<double>(), count, owner,
         assigned_gt.data_ptr<int64_t>(), assigned_labels.data_ptr<int64_t>(), assigned_ious.data_ptr<scalar_t>(),
         reinterpret_cast<unsigned long long*>(num_fg.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
