@@ -7,6 +7,7 @@ the raw logits: fastdet's time includes sqrt(sigmoid(cls) * sigmoid(obj))."""
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 
@@ -39,12 +40,13 @@ def xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
 
 def yolox_scene(batch: int, image_size: int, num_gt: int, num_classes: int = NUM_CLASSES, device="cpu", seed=0):
     """Detector-like raw outputs and ground truths: logits, predicted boxes around the anchor
-    points (x1, y1, x2, y2), num_gt GTs per image of 16-200 px."""
+    points (x1, y1, x2, y2), num_gt GTs per image with sides log-uniform in 8-256 px (COCO-like:
+    median about 45 px at 640)."""
     g = torch.Generator().manual_seed(seed)
     priors, xs, ys, strides = yolox_grid(image_size)
     A = priors.shape[0]
     centers = torch.rand(batch, num_gt, 2, generator=g) * image_size
-    wh = 16 + torch.rand(batch, num_gt, 2, generator=g) * 184
+    wh = torch.exp(math.log(8) + torch.rand(batch, num_gt, 2, generator=g) * math.log(256 / 8))
     gt_boxes = torch.cat([centers - wh / 2, centers + wh / 2], -1)
     gt_labels = torch.randint(0, num_classes, (batch, num_gt), generator=g)
     pc = priors[:, :2] + torch.randn(batch, A, 2, generator=g) * priors[:, 2:] * 0.5
@@ -59,7 +61,7 @@ def yolox_scene(batch: int, image_size: int, num_gt: int, num_classes: int = NUM
 
 
 def fastdet_assign(s):
-    scores = (s["cls_logits"].sigmoid() * s["obj_logits"].sigmoid()).sqrt()
+    scores = torch.sigmoid(s["cls_logits"]).mul_(s["obj_logits"].sigmoid()).sqrt_()
     return ops.simota_assign(scores, s["pred_boxes"], s["priors"], s["gt_boxes"], s["gt_labels"], s["gt_mask"])
 
 
