@@ -166,10 +166,11 @@ FASTDET_HD acc_t simota_iou(const Box<acc_t>& gt, const Box<acc_t>& pred) {
   return iou == iou ? iou : acc_t(0);
 }
 
-// sum_k -max(log1p(-p_k), -100) term of one class probability (clamped into [0, 1]; NaN stays).
+// Class probabilities are clamped into [0, 1] (torch's BCE would raise); NaN stays NaN.
 template <typename acc_t>
 FASTDET_HD acc_t simota_clamp_prob(acc_t p) { return p < acc_t(0) ? acc_t(0) : (p > acc_t(1) ? acc_t(1) : p); }
 
+// One term -max(log1p(-p_k), -100) of cls_sum.
 template <typename acc_t>
 FASTDET_HD acc_t simota_neg_log1m(acc_t p) {
   const acc_t l = std::log1p(-simota_clamp_prob(p));

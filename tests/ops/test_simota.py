@@ -348,7 +348,8 @@ def test_cuda_matches_cpu(scene, dtype):
     out = ops.simota_assign(*to(inputs, "cuda"))
     assert_assign_equal(out, ops.simota_assign(*inputs), {"rtol": 0, "atol": 0})
     cost = ops.simota_cost(*to(inputs, "cuda")).cpu()
-    torch.testing.assert_close(cost, ops.simota_cost(*inputs), rtol=1e-6 if dtype != torch.float64 else 1e-12, atol=1e-5)
+    cost_tol = {"rtol": 1e-12, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(cost, ops.simota_cost(*inputs), **cost_tol)
 
 
 @pytest.mark.cuda
