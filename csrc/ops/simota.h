@@ -212,29 +212,33 @@ FASTDET_HD bool simota_less(double ka, int32_t ia, double kb, int32_t ib) {
 // NaN keys are ranked as +inf (after every finite key).
 FASTDET_HD double simota_key(double k) { return k == k ? k : std::numeric_limits<double>::infinity(); }
 
+// Inserts (k, i) into the ascending list key/idx of length len (at most cap entries).
+FASTDET_HD void simota_push(double* key, int32_t* idx, int& len, double k, int32_t i, int cap) {
+  k = simota_key(k);
+  int pos;
+  if (len < cap) {
+    pos = len++;
+  } else if (simota_less(k, i, key[cap - 1], idx[cap - 1])) {
+    pos = cap - 1;
+  } else {
+    return;
+  }
+  while (pos > 0 && simota_less(k, i, key[pos - 1], idx[pos - 1])) {
+    key[pos] = key[pos - 1];
+    idx[pos] = idx[pos - 1];
+    --pos;
+  }
+  key[pos] = k;
+  idx[pos] = i;
+}
+
+// A list with room for the largest candidate_topk (a CUDA thread's registers / local memory).
 struct SimotaSmallest {
   double key[kSimotaMaxTopk];
   int32_t idx[kSimotaMaxTopk];
   int len = 0;
 
-  FASTDET_HD void push(double k, int32_t i, int cap) {
-    k = simota_key(k);
-    int pos;
-    if (len < cap) {
-      pos = len++;
-    } else if (simota_less(k, i, key[cap - 1], idx[cap - 1])) {
-      pos = cap - 1;
-    } else {
-      return;
-    }
-    while (pos > 0 && simota_less(k, i, key[pos - 1], idx[pos - 1])) {
-      key[pos] = key[pos - 1];
-      idx[pos] = idx[pos - 1];
-      --pos;
-    }
-    key[pos] = k;
-    idx[pos] = i;
-  }
+  FASTDET_HD void push(double k, int32_t i, int cap) { simota_push(key, idx, len, k, i, cap); }
 };
 
 // Dynamic k of YOLOX: max(1, int(sum of the top min(topk, candidates) IoUs)), at most the number

@@ -119,9 +119,16 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
   // (2) per (image, chunk of anchors): anchors outer, GTs inner, so an anchor's score row and
   // boxes stay in cache while every GT of the image sees it. Each task leaves, per GT, its
   // candidate_topk smallest (-IoU) and (cost) lists in `lists` ([task][g][iou | cost]).
+  // List l = (task * G + g) * 2 + (0: -IoU, 1: cost) has its entries at [l * K, l * K + len[l]).
   const int64_t chunk = 1024, chunks = (A + chunk - 1) / chunk, tasks = p.batch * chunks;
-  std::vector<SimotaSmallest> lists(tasks * G * 2);
+  std::vector<double> list_key(tasks * G * 2 * K);
+  std::vector<int32_t> list_idx(tasks * G * 2 * K);
+  std::vector<int> list_len(tasks * G * 2, 0);
   std::vector<int64_t> task_cand(tasks, 0);
+  const int cap = static_cast<int>(K);
+  auto push = [&](int64_t l, double key, int32_t a) {
+    simota_push(list_key.data() + l * K, list_idx.data() + l * K, list_len[l], key, a, cap);
+  };
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> valid;
     std::vector<Box<acc_t>> gts;
@@ -134,7 +141,6 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
         valid.push_back(g);
         gts.push_back(load_box<acc_t>(in.gt_boxes, b * G + g));
       }
-      SimotaSmallest* task_lists = lists.data() + t * G * 2;
       int64_t n = 0;
       for (int64_t a = a0; a < a1; ++a) {
         if (!cand[b * A + a]) continue;
@@ -144,8 +150,8 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
           acc_t iou;
           double c;
           simota_pair<acc_t>(p, in, cls_sum.data(), b, a, gts[j], in.labels[b * G + g], iou, c);
-          task_lists[2 * g].push(-static_cast<double>(iou), static_cast<int32_t>(a), static_cast<int>(K));
-          task_lists[2 * g + 1].push(c, static_cast<int32_t>(a), static_cast<int>(K));
+          push((t * G + g) * 2, -static_cast<double>(iou), static_cast<int32_t>(a));
+          push((t * G + g) * 2 + 1, c, static_cast<int32_t>(a));
         }
       }
       task_cand[t] = n;
@@ -170,9 +176,11 @@ void simota_assign_impl(const SimotaProblem& s, at::Tensor& assigned_gt, at::Ten
         if (!simota_gt_valid(in.mask, in.labels, b * G + g, p.classes)) continue;
         top_iou.len = top_cost.len = 0;
         for (int64_t ch = 0; ch < chunks; ++ch) {
-          const SimotaSmallest* l = lists.data() + ((b * chunks + ch) * G + g) * 2;
-          for (int j = 0; j < l[0].len; ++j) top_iou.push(l[0].key[j], l[0].idx[j], static_cast<int>(K));
-          for (int j = 0; j < l[1].len; ++j) top_cost.push(l[1].key[j], l[1].idx[j], static_cast<int>(K));
+          const int64_t l = ((b * chunks + ch) * G + g) * 2;
+          for (int j = 0; j < list_len[l]; ++j) top_iou.push(list_key[l * K + j], list_idx[l * K + j], cap);
+          for (int j = 0; j < list_len[l + 1]; ++j) {
+            top_cost.push(list_key[(l + 1) * K + j], list_idx[(l + 1) * K + j], cap);
+          }
         }
         double iou_sum = 0;
         for (int j = 0; j < top_iou.len; ++j) iou_sum += -top_iou.key[j];
