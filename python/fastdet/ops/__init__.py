@@ -29,6 +29,7 @@ from .nms import batched_nms, nms
 from .roi_pool import RoIPool, roi_pool
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 from .roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align
+from .simota import SimOTAAssigner, simota_assign, simota_cost
 from .soft_nms import soft_nms
 
 __all__ = [
@@ -62,4 +63,7 @@ __all__ = [
     "RoIAlign",
     "multi_scale_roi_align",
     "MultiScaleRoIAlign",
+    "simota_cost",
+    "simota_assign",
+    "SimOTAAssigner",
 ]
