@@ -42,10 +42,12 @@ class _Recorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.seen: set[str] = set()
+        self.recent: set[str] = set()  # since the last reset, for the per-example lines
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "fastdet":
             self.seen.add(func._opname)
+            self.recent.add(func._opname)
         return func(*args, **(kwargs or {}))
 
 
@@ -101,10 +103,10 @@ def run() -> SmokeResult:
                 examples = example_fn()
                 for i, (output, inputs) in enumerate(examples):
                     where = f"fastdet.ops.{info.name}.smoke() #{i}"
-                    before = set(recorder.seen)
+                    recorder.recent.clear()
                     result.failures += _check_example(where, output, tuple(inputs), generator)
-                    ran = sorted(recorder.seen - before) or ["(no new op)"]
-                    result.examples.append(f"{where}: {list(output.shape)}, backward ran {', '.join(ran)}")
+                    ran = sorted(recorder.recent) or ["no fastdet op"]
+                    result.examples.append(f"{where}: output {list(output.shape)}, backward ran {', '.join(ran)}")
         except Exception as e:  # report every module, not only the first failure
             result.failures.append(f"fastdet.ops.{info.name}.smoke(): {type(e).__name__}: {e}")
     result.seen = set(recorder.seen)
