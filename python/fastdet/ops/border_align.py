@@ -129,3 +129,14 @@ def _backward(ctx, grad, _grad_argmax):
 torch.library.register_autograd("fastdet::border_align", _backward, setup_context=_setup_context)
 register_no_double_backward("_border_align_backward")
 register_fp32_autocast("border_align")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """A tiny CPU example for `fastdet smoke` (the installed-wheel check): (output, differentiable inputs).
+    Boxes get no gradient, so only the features are listed."""
+    g = torch.Generator().manual_seed(0)
+    h, w = 4, 5
+    x = torch.randn(1, 4 * 2, h, w, generator=g).requires_grad_()
+    xy = torch.rand(1, h * w, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+    boxes = torch.cat([xy, xy + 1.0 + torch.rand(1, h * w, 2, generator=g)], -1)
+    return [(border_align(x, boxes, pool_size=3), (x,))]

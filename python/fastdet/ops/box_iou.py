@@ -138,3 +138,15 @@ def _backward(ctx, grad):
 torch.library.register_autograd("fastdet::box_iou", _backward, setup_context=_setup_context)
 register_no_double_backward("_box_iou_backward")
 register_fp32_autocast("box_iou")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Tiny CPU examples for `fastdet smoke` (the installed-wheel check): (output, differentiable inputs)."""
+    from fastdet.testing import random_boxes
+
+    g = torch.Generator().manual_seed(0)
+    b1 = random_boxes(5, generator=g).requires_grad_()
+    b2 = random_boxes(6, generator=g).requires_grad_()
+    a1 = random_boxes(4, generator=g).requires_grad_()
+    a2 = random_boxes(4, generator=g).requires_grad_()
+    return [(box_iou(b1, b2, mode="giou"), (b1, b2)), (ciou_loss(a1, a2, reduction="none"), (a1, a2))]

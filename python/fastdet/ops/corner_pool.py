@@ -174,3 +174,10 @@ torch.library.register_autograd("fastdet::corner_pool", _backward, setup_context
 torch.library.register_autograd("fastdet::corner_pool_sum", _sum_backward, setup_context=_sum_setup_context)
 register_no_double_backward("_corner_pool_backward")
 register_no_double_backward("_corner_pool_sum_backward")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Tiny CPU examples for `fastdet smoke` (the installed-wheel check): (output, differentiable inputs)."""
+    g = torch.Generator().manual_seed(0)
+    x, a, b = (torch.randn(1, 2, 5, 4, generator=g).requires_grad_() for _ in range(3))
+    return [(corner_pool(x, "left"), (x,)), (corner_pool_sum(a, b, "top_left"), (a, b))]
