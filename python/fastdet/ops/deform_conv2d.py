@@ -258,5 +258,17 @@ def _autocast_cuda(input, offset, weight, bias, mask, stride, padding, dilation)
                                            padding, dilation)
 
 
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """A tiny CPU example for `fastdet smoke` (modulated, with bias): (output, differentiable inputs)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 6, generator=g).requires_grad_()
+    offset = (torch.randn(2, 2 * 9, 5, 6, generator=g) * 0.7).requires_grad_()
+    mask = torch.rand(2, 9, 5, 6, generator=g).requires_grad_()
+    weight = torch.randn(3, 4, 3, 3, generator=g).requires_grad_()
+    bias = torch.randn(3, generator=g).requires_grad_()
+    out = deform_conv2d(x, offset, weight, bias, padding=(1, 1), mask=mask)
+    return [(out, (x, offset, weight, bias, mask))]
+
+
 _lib = torch.library.Library("fastdet", "IMPL")
 _lib.impl("deform_conv2d", _autocast_cuda, "AutocastCUDA")

@@ -338,3 +338,14 @@ torch.library.register_autograd("fastdet::roi_align", _roi_align_backward, setup
 torch.library.register_autograd("fastdet::multi_scale_roi_align", _multi_backward, setup_context=_multi_setup)
 register_no_double_backward("_roi_align_backward")
 register_no_double_backward("_multi_scale_roi_align_backward")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Tiny CPU examples for `fastdet smoke`: (output, differentiable inputs); boxes get no gradient."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 10, generator=g).requires_grad_()
+    x2 = torch.randn(2, 3, 4, 5, generator=g).requires_grad_()
+    rois = torch.tensor([[0, 1.0, 1.5, 6.0, 5.0], [1, 0.0, 0.5, 9.0, 7.5]])
+    levels = torch.tensor([0, 1])
+    return [(roi_align(x, rois, 3, spatial_scale=1.0, sampling_ratio=2, aligned=True), (x,)),
+            (multi_scale_roi_align([x, x2], rois, levels, [1.0, 0.5], 2, sampling_ratio=-1), (x, x2))]

@@ -154,3 +154,10 @@ def _backward(ctx, grad, _grad_argmax):
 torch.library.register_autograd("fastdet::roi_pool", _backward, setup_context=_setup_context)
 register_no_double_backward("_roi_pool_backward")
 register_fp32_autocast("roi_pool")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """A tiny CPU example for `fastdet smoke`: (output, differentiable inputs); boxes get no gradient."""
+    x = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    rois = torch.tensor([[0, 1.0, 1.5, 6.0, 5.0], [1, 0.0, 0.5, 9.0, 7.5]])
+    return [(roi_pool(x, rois, 3), (x,))]

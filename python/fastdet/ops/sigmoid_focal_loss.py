@@ -157,3 +157,12 @@ def _backward(ctx, grad):
 torch.library.register_autograd("fastdet::sigmoid_focal_loss", _backward, setup_context=_setup_context)
 register_no_double_backward("_sigmoid_focal_loss_backward")
 register_fp32_autocast("sigmoid_focal_loss")
+
+
+def smoke() -> list[tuple[Tensor, tuple[Tensor, ...]]]:
+    """Tiny CPU examples for `fastdet smoke`, dense and class-index targets: (output, differentiable inputs)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g).requires_grad_()
+    dense = (torch.rand(6, 4, generator=g) > 0.7).float()
+    labels = torch.tensor([0, 3, 4, 1, 4, 2])  # 4 = background
+    return [(sigmoid_focal_loss(x, dense), (x,)), (sigmoid_focal_loss(x, labels, reduction="sum"), (x,))]
