@@ -60,7 +60,7 @@ def test_nms_matches_onnxruntime(max_output):
 
 
 def test_nms_threshold_is_strict():
-    # IoU exactly 0.5 (areas 2 and 1, intersection 1... union 2): suppressed only when IoU > threshold.
+    # IoU exactly 0.5 (areas 2 and 1, intersection 1, union 2): suppressed only when IoU > threshold.
     boxes = torch.tensor([[0.0, 0.0, 2.0, 1.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     for thr in (0.5, 0.49):
