@@ -108,11 +108,13 @@ void focal_span_base(const A* __restrict__ x, const A* __restrict__ t, A* __rest
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-// NB: the same loop compiled for AVX2 (8 floats per instruction instead of SSE2's 4) and chosen at
-// run time: the kernel is compute-bound on CPU. Same operations without FMA contraction
-// (-ffp-contract=off), so both versions give bitwise-identical results.
+// NB: the same loop compiled for AVX2 + FMA (8 floats per instruction instead of SSE2's 4) and
+// chosen at run time: the kernel is compute-bound on CPU, and its exp/log polynomials are chains of
+// multiply-adds. Here (only) FMA contraction is allowed, unlike the project's -ffp-contract=off:
+// fwd+bwd at 100k x 80 went from 40.6 to 21.9 ms on 2 cores. So the AVX2 and SSE2 versions can
+// differ in the last bits (each is deterministic; the loss has no CPU/CUDA bitwise contract).
 template <bool kGrad, bool kGammaTwo, typename A>
-__attribute__((target("avx2"))) void focal_span_avx2(const A* __restrict__ x, const A* __restrict__ t,
+__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) void focal_span_avx2(const A* __restrict__ x, const A* __restrict__ t,
                                                      A* __restrict__ out, int64_t n, const FocalConsts<A> k) {
   FASTDET_FOCAL_SPAN_BODY
 }
