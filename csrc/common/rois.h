@@ -40,6 +40,13 @@ inline void check_rois(const at::Tensor& input, const at::Tensor& rois, const ch
               input.size(0), ")");
 }
 
+// The RoI ops' layout rule: channels-last (read natively, no copy to NCHW) when the strides are
+// NHWC-dense and the tensor is not also NCHW-contiguous; anything else is made NCHW-contiguous.
+// The Python fake kernels and autograd restate it (python/fastdet/ops/_rois.py is_channels_last).
+inline bool rois_input_channels_last(const at::Tensor& input) {
+  return input.dim() == 4 && !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // output_size (pooled_h, pooled_w) and spatial_scale of the RoI pooling ops.
 inline void check_roi_pool_params(int64_t pooled_h, int64_t pooled_w, double spatial_scale, const char* op) {
   TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "fastdet::", op, ": output_size must be positive, got (", pooled_h,

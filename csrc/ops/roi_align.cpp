@@ -14,10 +14,6 @@
 
 namespace fastdet {
 
-bool roi_align_is_channels_last(const at::Tensor& input) {
-  return input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
-}
-
 namespace {
 
 at::ScalarType math_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -89,7 +85,7 @@ RoiAlignProblem prepare_roi_align(const std::vector<at::Tensor>& features, const
   RoiAlignProblem p;
   RoiAlignParams& q = p.params;
   fill_common(p, rois, levels, scales, pooled_h, pooled_w, sampling_ratio, aligned, f0.scalar_type());
-  q.channels_last = roi_align_is_channels_last(f0);
+  q.channels_last = rois_input_channels_last(f0);
   q.batch = f0.size(0);
   q.channels = f0.size(1);
   for (size_t l = 0; l < features.size(); ++l) {

@@ -116,10 +116,6 @@ struct RoiAlignProblem {
   RoiAlignParams params;
 };
 
-// Layout rule shared with the fake kernels: channels-last when the tensor is channels-last
-// contiguous and not NCHW contiguous; anything else is made NCHW contiguous.
-bool roi_align_is_channels_last(const at::Tensor& input);
-
 // Validates a forward call (the one-level op passes one feature map and no levels).
 RoiAlignProblem prepare_roi_align(const std::vector<at::Tensor>& features, const at::Tensor& rois,
                                   const std::optional<at::Tensor>& levels, const std::vector<double>& scales,

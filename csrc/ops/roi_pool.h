@@ -85,12 +85,6 @@ FASTDET_HD void roi_pool_bin(int64_t p, S bin, int64_t start, int64_t size, int6
   hi = hi < 0 ? 0 : (hi > size ? size : hi);
 }
 
-// Channels-last input (handled natively, without a copy to NCHW): NHWC-dense strides and not
-// also NCHW-contiguous. The Python fake kernel and autograd restate this rule.
-inline bool roi_pool_channels_last(const at::Tensor& input) {
-  return input.dim() == 4 && !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 struct RoiPoolProblem {
   at::Tensor input, rois;  // input: NCHW-contiguous or channels-last-contiguous; rois contiguous
   int64_t n, c, h, w, k, ph, pw;
@@ -113,7 +107,7 @@ inline RoiPoolProblem prepare_roi_pool(const at::Tensor& input, const at::Tensor
   check_roi_pool_plane(p.h, p.w, op);
   p.k = rois.size(0), p.ph = pooled_h, p.pw = pooled_w;
   p.spatial_scale = spatial_scale;
-  p.channels_last = roi_pool_channels_last(input);
+  p.channels_last = rois_input_channels_last(input);
   p.input = p.channels_last ? input : input.contiguous();
   p.rois = rois.contiguous();
   return p;

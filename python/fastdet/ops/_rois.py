@@ -7,6 +7,8 @@ index.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -30,3 +32,17 @@ def rois_from_boxes(boxes: Tensor | list[Tensor] | tuple[Tensor, ...], op_name: 
               f"got {b.dtype}, {b.device}")
     index = torch.cat([torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
     return torch.cat([index, torch.cat(list(boxes))], dim=1)
+
+
+def is_channels_last(input: Tensor) -> bool:
+    """The kernels' layout rule (csrc/common/rois.h rois_input_channels_last): NHWC-dense strides and
+    not also NCHW-contiguous."""
+    return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+
+
+def check_roi_pool_params(op_name: str, pooled_height, pooled_width, spatial_scales) -> None:
+    """Fake-kernel twin of check_roi_pool_params (csrc/common/rois.h), one scale per level."""
+    check(pooled_height > 0 and pooled_width > 0, op_name,
+          f"output_size must be positive, got ({pooled_height}, {pooled_width})")
+    for s in spatial_scales:
+        check(s > 0 and math.isfinite(s), op_name, f"spatial_scale must be a positive finite number, got {s}")

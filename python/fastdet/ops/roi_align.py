@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import check, op, register_no_double_backward
-from ._rois import rois_from_boxes
+from ._rois import check_roi_pool_params, is_channels_last, rois_from_boxes
 
 
 
@@ -191,11 +191,6 @@ class MultiScaleRoIAlign(nn.Module):
 # ---- fake kernels: the C++ checks restated, and the output metadata ------------------------------------
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    """The kernels' layout rule (csrc/ops/roi_align.cpp roi_align_is_channels_last)."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 def _memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -206,12 +201,6 @@ def _check_rois(name: str, rois: Tensor, device) -> None:
     check(rois.device == device, name, f"the features and rois must be on the same device, got {device} and {rois.device}")
     check(rois.dtype.is_floating_point, name,
           f"rois must be a floating-point tensor (float16, bfloat16, float32 or float64), got {rois.dtype}")
-
-
-def _check_params(name: str, ph, pw, scales) -> None:
-    check(ph > 0 and pw > 0, name, f"output_size must be positive, got ({ph}, {pw})")
-    for s in scales:
-        check(s > 0 and math.isfinite(s), name, f"spatial_scale must be a positive finite number, got {s}")
 
 
 def _check_features(name: str, features: list[Tensor]) -> None:
@@ -238,7 +227,7 @@ def _check_levels(name: str, rois: Tensor, levels: Tensor) -> None:
 def _pooled(features: list[Tensor], rois: Tensor, ph, pw) -> Tensor:
     f0 = features[0]
     return torch.empty((rois.shape[0], f0.shape[1], ph, pw), dtype=f0.dtype, device=f0.device,
-                       memory_format=_memory_format(_is_channels_last(f0)))
+                       memory_format=_memory_format(is_channels_last(f0)))
 
 
 @torch.library.register_fake("fastdet::roi_align")
@@ -246,7 +235,7 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
     name = "roi_align"
     _check_features(name, [input])
     _check_rois(name, rois, input.device)
-    _check_params(name, pooled_height, pooled_width, [spatial_scale])
+    check_roi_pool_params(name, pooled_height, pooled_width, [spatial_scale])
     return _pooled([input], rois, pooled_height, pooled_width)
 
 
@@ -258,7 +247,7 @@ def _multi_scale_roi_align_fake(features, rois, levels, spatial_scales, pooled_h
     _check_rois(name, rois, features[0].device)
     check(len(spatial_scales) == len(features), name,
           f"spatial_scales must hold one scale per level ({len(features)}), got {len(spatial_scales)}")
-    _check_params(name, pooled_height, pooled_width, spatial_scales)
+    check_roi_pool_params(name, pooled_height, pooled_width, spatial_scales)
     _check_levels(name, rois, levels)
     return _pooled(features, rois, pooled_height, pooled_width)
 
@@ -304,7 +293,7 @@ def _roi_align_setup(ctx, inputs, output):
     ctx.save_for_backward(rois)
     ctx.args = (spatial_scale, ph, pw)
     ctx.shape = tuple(input.shape)
-    ctx.sampling_ratio, ctx.aligned, ctx.channels_last = sampling_ratio, aligned, _is_channels_last(input)
+    ctx.sampling_ratio, ctx.aligned, ctx.channels_last = sampling_ratio, aligned, is_channels_last(input)
 
 
 def _roi_align_backward(ctx, grad):
@@ -323,7 +312,7 @@ def _multi_setup(ctx, inputs, output):
     ctx.heights = [f.shape[2] for f in features]
     ctx.widths = [f.shape[3] for f in features]
     ctx.n, ctx.c = features[0].shape[0], features[0].shape[1]
-    ctx.sampling_ratio, ctx.aligned, ctx.channels_last = sampling_ratio, aligned, _is_channels_last(features[0])
+    ctx.sampling_ratio, ctx.aligned, ctx.channels_last = sampling_ratio, aligned, is_channels_last(features[0])
 
 
 def _multi_backward(ctx, grad):

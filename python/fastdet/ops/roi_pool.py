@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from ._registry import check, op, register_fp32_autocast, register_no_double_backward
-from ._rois import rois_from_boxes
+from ._rois import check_roi_pool_params, is_channels_last, rois_from_boxes
 
 
 def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
@@ -83,19 +83,7 @@ class RoIPool(nn.Module):
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
 
 
-def _channels_last(input: Tensor) -> bool:
-    """The C++ rule (csrc/ops/roi_pool.h roi_pool_channels_last): NHWC-dense and not NCHW-contiguous."""
-    return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
-
-
 # ---- fake kernels: the C++ checks restated, and the output metadata ------------------------------
-
-
-def _check_params(name: str, spatial_scale: float, pooled_height, pooled_width) -> None:
-    check(pooled_height > 0 and pooled_width > 0, name,
-          f"output_size must be positive, got ({pooled_height}, {pooled_width})")
-    check(spatial_scale > 0 and spatial_scale != float("inf"), name,
-          f"spatial_scale must be a positive finite number, got {spatial_scale}")
 
 
 @torch.library.register_fake("fastdet::roi_pool")
@@ -108,7 +96,7 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
           f"rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got {list(rois.shape)}")
     check(input.device == rois.device, name, f"input and rois must be on the same device, got {input.device} and {rois.device}")
     check(input.dtype == rois.dtype, name, f"input and rois must have the same dtype, got {input.dtype} and {rois.dtype}")
-    _check_params(name, spatial_scale, pooled_height, pooled_width)
+    check_roi_pool_params(name, pooled_height, pooled_width, [spatial_scale])
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
@@ -117,7 +105,7 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
 def _roi_pool_backward_fake(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels,
                             height, width, channels_last):
     name = "_roi_pool_backward"
-    _check_params(name, spatial_scale, pooled_height, pooled_width)
+    check_roi_pool_params(name, pooled_height, pooled_width, [spatial_scale])
     check(rois.dim() == 2 and rois.shape[1] == 5, name,
           f"rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got {list(rois.shape)}")
     k = rois.shape[0]
@@ -138,7 +126,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(rois, output[1])
     ctx.spatial_scale, ctx.pooled = spatial_scale, (pooled_height, pooled_width)
     ctx.input_shape = tuple(input.shape)
-    ctx.channels_last = _channels_last(input)
+    ctx.channels_last = is_channels_last(input)
 
 
 def _backward(ctx, grad, _grad_argmax):
