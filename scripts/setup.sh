@@ -17,6 +17,8 @@ echo "==> torch and torchvision"
 pip install -q torch==2.14.1 torchvision==0.29.1
 echo "==> build and test tools"
 pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja numpy rich pytest pytest-benchmark hypothesis
+echo "==> model zoo: COCO evaluation (pycocotools, faster-coco-eval)"
+pip install -q pycocotools faster-coco-eval
 echo "==> test peers: onnx + onnxruntime (export parity), yolox 0.3.0 (the SimOTA reference)"
 pip install -q onnx onnxruntime onnxscript loguru thop opencv-python-headless
 # yolox 0.3.0's pinned dependencies don't resolve on Python 3.11; the module imports without them.
