@@ -74,11 +74,13 @@ def test_pycocotools_loads_json(shapes_root):
     # Evaluating the ground truth against itself gives AP 1 (valid ids, areas, boxes for COCOeval).
     from pycocotools.cocoeval import COCOeval
 
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in anns]
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    assert ev.stats[0] == pytest.approx(1.0)
+    keys = ("image_id", "category_id", "bbox", "segmentation")
+    dets = [{**{k: json.loads(json.dumps(a[k])) for k in keys}, "score": 1.0} for a in anns]
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(coco, coco.loadRes(json.loads(json.dumps(dets))), iou_type)
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0), iou_type
 
 
 def test_masks_agree_with_boxes_and_do_not_overlap(shapes_root):
