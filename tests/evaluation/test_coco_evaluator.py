@@ -340,6 +340,10 @@ def test_constructor_errors(tmp_path):
         CocoEvaluator(gt, label_to_cat_id={1: 8})
     with pytest.raises(ValueError, match="iou_type 'segm' is not in iou_types"):
         CocoEvaluator(gt).evaluate("segm")
+    del gt["annotations"][0]["segmentation"]
+    with pytest.raises(ValueError, match=r"iou_types has 'segm' but 1 ground-truth annotations have no segmentation \(ids \[1\]\)"):
+        CocoEvaluator(gt, ("bbox", "segm"))
+    CocoEvaluator(gt, ("bbox",))  # fine for boxes
 
 
 # ---------------------------------------------------------------------------------------- format

@@ -155,6 +155,13 @@ class CocoEvaluator:
         self.iou_types = iou_types
         self.backend = _resolve_backend(backend)
         self._dataset = _gt_dataset(coco_gt)
+        if "segm" in iou_types:
+            no_segm = [a.get("id") for a in self._dataset["annotations"] if not a.get("segmentation")]
+            if no_segm:
+                raise ValueError(
+                    f"CocoEvaluator: iou_types has 'segm' but {len(no_segm)} ground-truth annotations have no "
+                    f"segmentation (ids {no_segm[:5]}); evaluate 'bbox' only"
+                )
         self._images = {int(img["id"]): img for img in self._dataset["images"]}
         cat_ids = sorted(int(c["id"]) for c in self._dataset["categories"])
         if label_to_cat_id is None:
