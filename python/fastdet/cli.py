@@ -1,4 +1,5 @@
-"""The `fastdet` command: `fastdet info`, `fastdet smoke` and `fastdet bench` (with `--compare`, the regression check)."""
+"""The `fastdet` command: `fastdet info`, `fastdet smoke`, `fastdet bench` (with `--compare`, the regression
+check) and the model zoo's `train`, `eval`, `detect`, `shapes`, `models` (fastdet/engine/cli.py)."""
 
 from __future__ import annotations
 
@@ -165,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --compare: rounds of re-measuring the cases that look regressed (default 2)")
     b.add_argument("--report", metavar="PATH", help="with --compare: also write the regression report to PATH")
     b.set_defaults(func=_bench)
+    from fastdet.engine import cli as zoo_cli
+
+    zoo_cli.add_subcommands(sub)
     args = parser.parse_args(argv)
+    if args.func.__module__ == zoo_cli.__name__:
+        return zoo_cli.run(args.func, args)
     return args.func(args)
 
 

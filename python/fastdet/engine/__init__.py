@@ -1,0 +1,15 @@
+"""Training, evaluation and inference for the model zoo (`fastdet train`, `fastdet eval`, `fastdet detect`).
+
+    from fastdet.engine import TrainConfig, fit
+    result = fit(TrainConfig(model="fasterrcnn_resnet18_fpn", epochs=12, output="runs/shapes"))
+
+See `fastdet.engine.cli` for the command-line options and `fastdet.engine.checkpoint` for the
+checkpoint format.
+"""
+
+from .checkpoint import build_model as model_from_checkpoint
+from .detect import detect, find_images
+from .evaluate import evaluate
+from .trainer import TrainConfig, fit
+
+__all__ = ["TrainConfig", "fit", "evaluate", "detect", "find_images", "model_from_checkpoint"]

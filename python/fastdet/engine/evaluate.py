@@ -1,0 +1,32 @@
+"""COCO evaluation of a detector over a dataset (`fastdet eval`, and after each training epoch)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import distributed
+from .progress import bar
+
+
+@torch.no_grad()
+def evaluate(model, loader: DataLoader, ctx: distributed.Context, *, coco_gt, label_to_cat_id: dict[int, int],
+             masks: bool, progress: bool = True, backend: str = "auto") -> dict[str, dict[str, float]]:
+    """Runs `model` in eval mode over `loader` and returns COCO metrics per IoU type
+    ({"bbox": {"AP": ..., "AP50": ...}, "segm": {...}}), gathered over all ranks under torchrun."""
+    from fastdet.evaluation import CocoEvaluator
+
+    was_training = model.training
+    model.eval()
+    evaluator = CocoEvaluator(coco_gt, iou_types=("bbox", "segm") if masks else ("bbox",),
+                              label_to_cat_id=label_to_cat_id, backend=backend)
+    with bar(progress and ctx.is_main) as pb:
+        task = pb.add_task("evaluating", total=len(loader), info="")
+        for images, targets in loader:
+            outputs = model([img.to(ctx.device) for img in images])
+            evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in out.items()}
+                              for t, out in zip(targets, outputs)})
+            pb.advance(task)
+    evaluator.synchronize()
+    model.train(was_training)
+    return evaluator.summarize()

@@ -1,0 +1,246 @@
+"""`fastdet train`: training a zoo detector on a COCO-format folder (the shapes dataset by default).
+
+One loop for every zoo model (they all return a dict of losses in train mode): SGD or AdamW,
+linear warm-up then step or cosine decay per iteration, optional mixed precision (fp16 + GradScaler
+on CUDA, bf16 on CPU), gradient clipping, a checkpoint after every epoch (`last.pt`, resumable),
+COCO evaluation on the validation split, a progress bar with the losses and the ETA, and a
+`log.jsonl` with one line per epoch. Under `torchrun` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from . import checkpoint, distributed
+from .evaluate import evaluate
+from .progress import bar
+from .schedule import WarmupSchedule
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fasterrcnn_resnet18_fpn"
+    data: str | None = None            # COCO-format folder; None -> generate shapes under output/shapes
+    output: str = "runs/train"
+    train_split: str = "train"
+    val_split: str = "val"             # evaluated after epochs when the folder has it
+    epochs: int = 12
+    batch_size: int = 4                # per process
+    lr: float = 0.02
+    optimizer: str = "sgd"             # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "multistep"     # multistep | cosine | constant
+    lr_steps: tuple[int, ...] | None = None  # epochs; default: 2/3 and 8/9 of `epochs`
+    warmup_iters: int = 100
+    clip_grad: float | None = None     # max gradient norm
+    amp: bool = False
+    device: str | None = None          # None -> cuda if available
+    workers: int = 2
+    seed: int = 0
+    eval_every: int = 1                # epochs; 0 -> only after the last
+    resume: str | None = None          # a checkpoint (e.g. output/last.pt)
+    weights: str | None = None         # a local state dict to start from (builder's weights=)
+    model_kwargs: dict = field(default_factory=dict)  # e.g. min_size, max_size
+    shapes_images: int = 256           # size of the generated training split (val: a quarter)
+    shapes_image_size: int = 128
+    progress: bool = True
+
+
+def _check(cfg: TrainConfig) -> None:
+    from fastdet import models
+
+    if cfg.model not in models.list_models():
+        raise ValueError(f"unknown model {cfg.model!r}; choose from {', '.join(models.list_models())}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    if cfg.warmup_iters < 0 or cfg.workers < 0 or cfg.eval_every < 0:
+        raise ValueError("warmup_iters, workers and eval_every must be >= 0")
+    if cfg.clip_grad is not None and not cfg.clip_grad > 0:
+        raise ValueError(f"clip_grad must be > 0, got {cfg.clip_grad}")
+
+
+def prepare_data(cfg: TrainConfig, ctx: distributed.Context) -> Path:
+    """The data folder: cfg.data (must exist), or shapes generated once under output/shapes."""
+    if cfg.data is not None:
+        root = Path(cfg.data)
+        ann = root / "annotations" / f"instances_{cfg.train_split}.json"
+        if not ann.is_file():
+            raise FileNotFoundError(f"data folder {str(root)!r} has no {ann.relative_to(root)} "
+                                    "(expected COCO layout: <root>/<split>/ images, <root>/annotations/instances_<split>.json)")
+        return root
+    from fastdet.data import generate_shapes
+
+    root = Path(cfg.output) / "shapes"
+    if ctx.is_main:
+        for split, n, seed in ((cfg.train_split, cfg.shapes_images, cfg.seed),
+                               (cfg.val_split, max(8, cfg.shapes_images // 4), cfg.seed + 10_000)):
+            if not (root / "annotations" / f"instances_{split}.json").is_file():
+                generate_shapes(root, split=split, num_images=n, image_size=cfg.shapes_image_size, seed=seed,
+                                progress=cfg.progress)
+    distributed.barrier(ctx)
+    return root
+
+
+def _loader(dataset, cfg: TrainConfig, ctx: distributed.Context, *, train: bool) -> DataLoader:
+    from fastdet.data import collate_fn
+
+    if ctx.distributed:
+        sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      collate_fn=collate_fn, persistent_workers=False)
+
+
+def _optimizer(model, cfg: TrainConfig):
+    # No weight decay on norm layers and biases (common practice since Goyal et al. 2017).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _log_line(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def fit(cfg: TrainConfig) -> dict:
+    """Trains as configured and returns {"epoch", "losses", "metrics", "checkpoint", "iterations",
+    "world_size"} of the last epoch (the same record `log.jsonl` gets per epoch)."""
+    from fastdet import models
+    from fastdet.data import build_coco_dataset
+
+    _check(cfg)
+    ctx = distributed.init(cfg.device)
+    try:
+        return _fit(cfg, ctx, models, build_coco_dataset)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _fit(cfg, ctx, models, build_coco_dataset) -> dict:
+    torch.manual_seed(cfg.seed + ctx.rank)
+    out = Path(cfg.output)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    root = prepare_data(cfg, ctx)
+    masks = models.is_mask_model(cfg.model)
+    train_set = build_coco_dataset(root, cfg.train_split, train=True, masks=masks)
+    has_val = (root / "annotations" / f"instances_{cfg.val_split}.json").is_file()
+    val_set = build_coco_dataset(root, cfg.val_split, train=False, masks=masks) if has_val else None
+    train_loader = _loader(train_set, cfg, ctx, train=True)
+    val_loader = _loader(val_set, cfg, ctx, train=False) if has_val else None
+
+    state = checkpoint.load(cfg.resume) if cfg.resume else None
+    model_kwargs = dict(cfg.model_kwargs, num_classes=len(train_set.classes))
+    if state is not None:
+        if state["model_name"] != cfg.model:
+            raise ValueError(f"--resume {cfg.resume!r} holds a {state['model_name']!r} model, not {cfg.model!r}")
+        if state["model_kwargs"] != model_kwargs:
+            raise ValueError(f"--resume {cfg.resume!r} was trained with {state['model_kwargs']}, not {model_kwargs}")
+    build_kwargs = dict(model_kwargs)
+    if cfg.weights and state is None:
+        build_kwargs["weights"] = cfg.weights
+    model = models.build_model(cfg.model, **build_kwargs).to(ctx.device)
+    optimizer = _optimizer(model, cfg)
+    iters_per_epoch = len(train_loader)
+    total = cfg.epochs * iters_per_epoch
+    steps = cfg.lr_steps if cfg.lr_steps is not None else (math.ceil(cfg.epochs * 2 / 3), math.ceil(cfg.epochs * 8 / 9))
+    scheduler = WarmupSchedule(optimizer, total_iters=total, warmup_iters=min(cfg.warmup_iters, total),
+                               schedule=cfg.lr_schedule, milestones=tuple(s * iters_per_epoch for s in steps))
+    use_scaler = cfg.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    start_epoch = 0
+    if state is not None:
+        checkpoint.load_model_state(model, state["model"], source=f"--resume {cfg.resume!r}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"]
+        if start_epoch >= cfg.epochs:
+            raise ValueError(f"--resume {cfg.resume!r} already completed {start_epoch} epoch(s); ask for more --epochs")
+    core = model
+    if ctx.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    amp_dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
+
+    result: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        losses = _train_one_epoch(model, train_loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype)
+        ckpt_path = out / "last.pt"
+        if ctx.is_main:
+            checkpoint.save(ckpt_path, model=core, model_name=cfg.model, model_kwargs=model_kwargs,
+                            classes=train_set.classes, label_to_cat_id=train_set.label_to_cat_id, epoch=epoch + 1,
+                            optimizer=optimizer, lr_scheduler=scheduler, scaler=scaler,
+                            config=_jsonable(asdict(cfg)))
+        metrics = None
+        last = epoch + 1 == cfg.epochs
+        if val_loader is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            metrics = evaluate(core, val_loader, ctx, coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
+                               masks=masks, progress=cfg.progress)
+        result = {"epoch": epoch + 1, "losses": losses, "metrics": metrics, "checkpoint": str(ckpt_path),
+                  "iterations": iters_per_epoch, "world_size": ctx.world_size}
+        if ctx.is_main:
+            _log_line(out / "log.jsonl", {**result, "lr": optimizer.param_groups[0]["lr"], "time": time.time()})
+        distributed.barrier(ctx)
+    return result
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _train_one_epoch(model, loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    with bar(cfg.progress and ctx.is_main) as pb:
+        task = pb.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
+        for images, targets in loader:
+            images = [img.to(ctx.device, non_blocking=True) for img in images]
+            targets = [{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=cfg.amp):
+                loss_dict = model(images, targets)
+            loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"fastdet train: the loss became {loss.item()} at epoch {epoch + 1}, iteration "
+                                   f"{count + 1} ({ {k: round(v.item(), 4) for k, v in loss_dict.items()} }); "
+                                   "lower --lr or raise --warmup-iters")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            count += 1
+            for k, v in loss_dict.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            pb.update(task, advance=1, info=f"loss {sums['loss'] / count:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
+    return distributed.mean_across_ranks({k: v / max(1, count) for k, v in sums.items()}, ctx)
