@@ -133,13 +133,15 @@ def test_roi_pool_matches_onnxruntime():
 
 
 def test_translation_table_covers_every_op():
-    table = fonnx.onnx_translation_table()
-    names = {o.name().split("::")[1].split(".")[0] for o in table}
-    public = {"nms", "multiclass_nms", "roi_align", "roi_pool", "deform_conv2d", *fonnx.UNSUPPORTED_OPS}
-    assert public <= names
-    registered = {n for n in dir(torch.ops.fastdet) if not n.startswith("_")
-                  and isinstance(getattr(torch.ops.fastdet, n), torch._ops.OpOverloadPacket)}
-    assert registered <= names, f"ops with no ONNX entry: {registered - names}"
+    for custom_domain in (False, True):
+        table = fonnx.onnx_translation_table(custom_domain=custom_domain)
+        names = {o.name().split("::")[1].split(".")[0] for o in table}
+        public = {"nms", "batched_nms", "multiclass_nms", "roi_align", "multi_scale_roi_align", "roi_pool",
+                  "deform_conv2d", "box_iou", "corner_pool", "corner_pool_sum", *fonnx.UNSUPPORTED_OPS}
+        assert public <= names
+        registered = {n for n in dir(torch.ops.fastdet) if not n.startswith("_")
+                      and isinstance(getattr(torch.ops.fastdet, n), torch._ops.OpOverloadPacket)}
+        assert registered <= names, f"ops with no ONNX entry: {registered - names}"
 
 
 def test_deform_conv2d_in_merged_table():
@@ -160,15 +162,93 @@ def _error_text(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("name, fn", [
-    ("soft_nms", lambda b, s: ops.soft_nms(b, s)[0]),
-    ("batched_nms", lambda b, s: ops.batched_nms(b, s, (s > 0.5).long(), 0.5)),
-    ("box_iou", lambda b, s: ops.box_iou(b, b) * s),
-])
-def test_unsupported_op_fails_with_its_name(name, fn):
+_CUSTOM_CASES = {
+    "soft_nms": lambda b, s: ops.soft_nms(b, s)[0],
+    "sigmoid_focal_loss": lambda b, s: ops.sigmoid_focal_loss(b, (s > 0.5).float()[:, None].expand(-1, 4)),
+    "border_align": lambda b, s: ops.border_align(b.reshape(1, 4, 2, 4), b.reshape(1, 8, 4).abs().cumsum(-1), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CUSTOM_CASES))
+def test_unsupported_op_fails_with_its_name(name):
     g = torch.Generator().manual_seed(5)
     boxes, scores = random_boxes(8, generator=g), torch.rand(8, generator=g)
     with pytest.raises(Exception) as info:
-        export(Fn(fn), (boxes, scores))
+        export(Fn(_CUSTOM_CASES[name]), (boxes, scores))
     text = _error_text(info.value)
     assert f"fastdet.onnx: fastdet::{name} has no standard ONNX operator" in text
+    assert "custom_domain=True" in text
+
+
+def export_custom(model, args):
+    with pytest.warns(fonnx.CustomDomainWarning) as record:
+        prog = torch.onnx.export(model, args, dynamo=True, opset_version=19,
+                                 custom_translation_table=fonnx.onnx_translation_table(custom_domain=True))
+    messages = [str(w.message) for w in record if issubclass(w.category, fonnx.CustomDomainWarning)]
+    return prog, messages
+
+
+def custom_nodes(prog):
+    import onnx
+
+    model = prog.model_proto
+    onnx.checker.check_model(model)
+    assert {(o.domain, o.version) for o in model.opset_import} >= {("fastdet", 1), ("", 19)}
+    graph_inputs = [i.name for i in model.graph.input]
+    return [(n.op_type, [graph_inputs.index(i) if i in graph_inputs else i for i in n.input], len(n.output),
+             {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
+            for n in model.graph.node if n.domain == "fastdet"]
+
+
+def test_custom_domain_soft_nms():
+    g = torch.Generator().manual_seed(6)
+    boxes, scores, idxs = random_boxes(8, generator=g), torch.rand(8, generator=g), torch.arange(8) % 3
+    prog, messages = export_custom(Fn(lambda b, s, i: ops.soft_nms(b, s, 0.4, 0.25, 0.01, "gaussian", i)),
+                                   (boxes, scores, idxs))
+    assert any("runtime implementation of fastdet::soft_nms" in m for m in messages)
+    ((op_type, inputs, n_out, attrs),) = custom_nodes(prog)
+    assert (op_type, inputs, n_out) == ("soft_nms", [0, 1, 2], 2)
+    assert attrs["method"] == b"gaussian"
+    for k, v in {"iou_threshold": 0.4, "sigma": 0.25, "min_score": 0.01}.items():
+        assert attrs[k] == pytest.approx(v)
+    # the optional idxs omitted: two inputs, defaults written as attributes
+    prog, _ = export_custom(Fn(lambda b, s: ops.soft_nms(b, s)), (boxes, scores))
+    ((_, inputs, _, attrs),) = custom_nodes(prog)
+    assert inputs == [0, 1] and attrs["method"] == b"linear" and attrs["iou_threshold"] == pytest.approx(0.3)
+
+
+def test_custom_domain_sigmoid_focal_loss_and_border_align():
+    g = torch.Generator().manual_seed(7)
+    logits, labels, weight = torch.randn(6, 4, generator=g), torch.randint(0, 5, (6,), generator=g), torch.rand(6, 1)
+    model = Fn(lambda x, t, w: ops.sigmoid_focal_loss(x, t, 0.5, 1.5, "sum", w) * 2)
+    prog, messages = export_custom(model, (logits, labels, weight))
+    assert any("fastdet::sigmoid_focal_loss" in m and "custom ONNX domain 'fastdet'" in m for m in messages)
+    ((op_type, inputs, n_out, attrs),) = custom_nodes(prog)
+    assert (op_type, inputs, n_out) == ("sigmoid_focal_loss", [0, 1, 2], 1)
+    assert attrs == {"alpha": 0.5, "gamma": 1.5, "reduction": b"sum"}
+    # the rest of the graph stays standard ONNX
+    assert {n.domain for n in prog.model_proto.graph.node} == {"", "fastdet"}
+
+    x, boxes = torch.randn(1, 8, 3, 4, generator=g), random_boxes(1, 12, generator=g)
+    prog, _ = export_custom(ops.BorderAlign(3), (x, boxes))
+    ((op_type, inputs, n_out, attrs),) = custom_nodes(prog)
+    assert (op_type, inputs, n_out, attrs) == ("border_align", [0, 1], 2, {"pool_size": 3})
+
+
+def test_custom_domain_simota():
+    g = torch.Generator().manual_seed(8)
+    b, a, c, m = 2, 16, 3, 4
+    priors = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(-1, 2) * 8 + 4
+    priors = torch.cat([priors, torch.full((a, 2), 8.0)], 1)
+    inputs = (torch.rand(b, a, c, generator=g), random_boxes(b, a, generator=g, size=32.0), priors,
+              random_boxes(b, m, generator=g, size=32.0), torch.randint(0, c, (b, m), generator=g),
+              torch.rand(b, m, generator=g) > 0.3)
+    model = Fn(lambda *x: ops.simota_assign(*x, candidate_topk=5, center_only=True))
+    prog, messages = export_custom(model, inputs)
+    assert any("fastdet::simota_assign" in m for m in messages)
+    ((op_type, ins, n_out, attrs),) = custom_nodes(prog)
+    assert (op_type, ins, n_out) == ("simota_assign", [0, 1, 2, 3, 4, 5], 4)
+    assert attrs["candidate_topk"] == 5 and attrs["center_only"] == 1 and attrs["center_radius"] == 2.5
+    prog, _ = export_custom(Fn(lambda *x: ops.simota_cost(*x)), inputs)
+    ((op_type, ins, n_out, attrs),) = custom_nodes(prog)
+    assert (op_type, ins, n_out, attrs["center_only"]) == ("simota_cost", [0, 1, 2, 3, 4, 5], 1, 0)
