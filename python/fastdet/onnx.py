@@ -6,28 +6,45 @@ Usage::
     prog = torch.onnx.export(model, args, dynamo=True, opset_version=19,
                              custom_translation_table=fastdet.onnx.onnx_translation_table())
 
-Needs ``onnxscript`` (and ``onnx``); the exported graphs use only standard ONNX operators (default
-domain, opset 19) and run in onnxruntime:
+Needs ``onnxscript`` (and ``onnx``). These ops export to standard ONNX operators (default domain,
+opset 19) and run in onnxruntime (each is checked there against fastdet in tests/test_onnx.py):
 
 ==========================  ====================================================================
 fastdet op                  ONNX
 ==========================  ====================================================================
 ``nms``                     ``NonMaxSuppression`` (one class) + ``Gather`` of column 2
+``batched_nms``             ``Unique`` (dense class ids) + one ``NonMaxSuppression`` with a class
+                            axis (scores [1, C, N], -inf for the other classes) + ``TopK`` (kept
+                            indices by decreasing score, ties lower index first, as fastdet)
 ``multiclass_nms``          ``NonMaxSuppression`` per class (or one class-agnostic NMS) +
                             ``TopK``/``Gather``/``Where`` building the padded outputs
 ``roi_align``               ``RoiAlign`` (mode avg; aligned -> ``half_pixel``, else
                             ``output_half_pixel``; sampling_ratio <= 0 -> 0, adaptive)
+``multi_scale_roi_align``   one ``RoiAlign`` per level over that level's RoIs (``NonZero`` +
+                            ``Gather``) written into the output with ``ScatterND``; so
+                            ``MultiScaleRoIAlign`` exports with any number of levels
 ``roi_pool``                ``MaxRoiPool`` (pooled output only; the argmax output, used only by
                             the backward, is exported as a constant -1 tensor)
 ``deform_conv2d``           ``DeformConv`` (opset 19)
+``box_iou`` (and the IoU    elementwise arithmetic (``Min``/``Max``/``Div``/``Atan`` ...), the
+losses)                     formulas of box_iou's docstring in fastdet's math type (fp32 for
+                            fp16/bf16, fp64 for fp64: same eps and zero-area rules)
+``corner_pool``,            ``ceil(log2(L))`` doubling steps ``y = Max(y, shift(y, 2^k))`` with
+``corner_pool_sum``         -inf padding (``Pad`` + ``Slice``); exact (NaN propagates as in
+                            fastdet). A static H/W gives the exact step count; a dynamic one is
+                            exported with 16 steps: correct for H, W <= 65536
 ==========================  ====================================================================
 
-Every other fastdet op (``batched_nms``, ``soft_nms``, ``multi_scale_roi_align``, ``border_align``,
-``corner_pool``, ``corner_pool_sum``, ``box_iou`` and the IoU losses, ``sigmoid_focal_loss``,
-``simota_cost``, ``simota_assign``) has no standard ONNX counterpart: exporting a graph that
+``soft_nms``, ``border_align``, ``sigmoid_focal_loss``, ``simota_cost`` and ``simota_assign``
+(:data:`UNSUPPORTED_OPS`) have no standard ONNX decomposition. By default exporting a graph that
 calls one fails with an error that names the op (``fastdet.onnx: fastdet::soft_nms has no
-standard ONNX operator ...``) rather than writing a model that no runtime can execute.
-(``MultiScaleRoIAlign`` with a single feature level calls ``roi_align`` and exports.)
+standard ONNX operator ...``) rather than writing a model that no runtime can execute. With
+``onnx_translation_table(custom_domain=True)`` each becomes one node of the custom ONNX domain
+``fastdet`` (version 1): op type = op name, the op's tensor arguments as inputs (in schema order;
+omitted optional ones dropped), its scalar arguments as attributes of the same names (bool as
+int), the op's outputs as outputs; a :class:`CustomDomainWarning` says that the model needs a
+runtime implementation of ``fastdet::<op>`` (e.g. an onnxruntime custom-op library registering the
+domain ``fastdet``) to run.
 
 Where the ONNX runtime's semantics differ from fastdet's (see the ops' docstrings):
 
@@ -36,8 +53,14 @@ Where the ONNX runtime's semantics differ from fastdet's (see the ops' docstring
   Degenerate input (NaN coordinates, zero-area or inverted boxes, NaN scores in ``nms``) may be
   treated differently: onnxruntime reorders inverted corners and never suppresses with a box of
   zero area. Equal scores are visited lower index first in onnxruntime, as in fastdet.
+  ``batched_nms`` drops boxes whose score is NaN or -inf (fastdet keeps them) and builds a
+  [C, N] score matrix (C = number of distinct class ids).
 * RoiAlign in onnxruntime has no fastdet rules for RoIs with NaN/inf coordinates or a batch index
-  outside [0, N) (fastdet gives zeros or an error); the adaptive grid is not capped at 512.
+  outside [0, N) (fastdet gives zeros or an error); the adaptive grid is not capped at 512. In
+  ``multi_scale_roi_align`` a RoI whose level is outside [0, levels) gives zeros (fastdet: an error).
+* ``box_iou`` in ONNX agrees with fastdet to rounding (a few ulp: other operation fusing; CIoU's
+  atan in fp64 is a series, as onnxruntime's Atan is float-only). ``corner_pool`` may return
+  ``0.0`` where fastdet returns ``-0.0`` among tied zeros.
 """
 
 from __future__ import annotations
