@@ -350,7 +350,8 @@ def _box_iou(op):
                 out = op.Sub(iou, op.Div(op.Add(op.Mul(dx, dx), op.Mul(dy, dy)), diag2))
                 if mode == "ciou":
                     def angle(w, h):  # atan(w / h), 0 for a 0 x 0 box
-                        return op.Where(op.And(op.Equal(w, zero), op.Equal(h, zero)), zero, _atan(op, op.Div(w, h), math_t))
+                        degenerate = op.And(op.Equal(w, zero), op.Equal(h, zero))
+                        return op.Where(degenerate, zero, _atan(op, op.Div(w, h), math_t))
 
                     dangle = op.Sub(angle(wb, hb), angle(wa, ha))
                     v = op.Mul(_scalar(op, 4.0 / math.pi ** 2, math_t), op.Mul(dangle, dangle))
@@ -425,8 +426,8 @@ def _int64_tensor(v: int):
     return onnx.helper.make_tensor("value", onnx.TensorProto.INT64, [1], [v])
 
 
-_EXPORTABLE = ("nms", "batched_nms", "multiclass_nms", "roi_align", "multi_scale_roi_align", "roi_pool", "deform_conv2d",
-               "box_iou", "corner_pool", "corner_pool_sum")
+_EXPORTABLE = ("nms", "batched_nms", "multiclass_nms", "roi_align", "multi_scale_roi_align", "roi_pool",
+               "deform_conv2d", "box_iou", "corner_pool", "corner_pool_sum")
 
 
 def _unsupported(name: str):
@@ -468,7 +469,8 @@ def _custom_domain_node(name: str):
             inputs.append(OpSchema.FormalParameter(arg.name, f"T_{arg.name}", param_option=option))
         else:
             if kind not in _ATTRIBUTE_TYPES:
-                raise NotImplementedError(f"fastdet.onnx: fastdet::{name}: no ONNX attribute type for {arg.name}: {kind}")
+                raise NotImplementedError(
+                    f"fastdet.onnx: fastdet::{name}: no ONNX attribute type for {arg.name}: {kind}")
             annotation, attr_type = _ATTRIBUTE_TYPES[kind]
             attributes.append((arg.name, kind, OpSchema.Attribute(arg.name, getattr(OpSchema.AttrType, attr_type), "")))
             annotations[arg.name] = annotation
