@@ -41,3 +41,52 @@ def adversarial_boxes(dtype=torch.float32, device="cpu") -> Tensor:
         [0.5, 0.5, 9.5, 9.5], [-5, -5, 0, 0],    # nearly duplicate, corner-touching
     ]
     return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def cuda_graph_replay(fn, inputs, new_inputs, grad_inputs: tuple[int, ...] = (), warmup: int = 3):
+    """Captures ``out = fn(*inputs)`` in a CUDA graph (with ``out.sum().backward()`` when
+    ``grad_inputs`` names inputs to differentiate), copies ``new_inputs`` into the captured input
+    tensors, replays the graph, and runs ``fn`` eagerly on ``new_inputs``.
+
+    The capture fails (a RuntimeError from CUDA) if ``fn`` synchronises with the host. Returns
+    ``((replayed_out, replayed_grads), (eager_out, eager_grads))``, grads in ``grad_inputs`` order.
+    Follows the whole-network capture recipe of the torch.cuda.graph documentation: warm-up on a
+    side stream, gradients set to None before capture so the backward allocates them in the graph.
+    """
+    static = [x.clone() for x in inputs]
+    leaves = [static[i].requires_grad_() for i in grad_inputs]
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        out = fn(*static)
+        if leaves:
+            out.sum().backward()
+        return out
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    for x in leaves:
+        x.grad = None
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+        if leaves:
+            out.sum().backward()
+    with torch.no_grad():
+        for s, n in zip(static, new_inputs):
+            s.copy_(n)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = (out.detach().clone(), [x.grad.clone() for x in leaves])
+
+    fresh = [x.clone() for x in new_inputs]
+    eager_leaves = [fresh[i].requires_grad_() for i in grad_inputs]
+    eager_out = fn(*fresh)
+    if eager_leaves:
+        eager_out.sum().backward()
+    return replayed, (eager_out.detach(), [x.grad for x in eager_leaves])
