@@ -394,3 +394,36 @@ def test_paste_masks_matches_torchvision():
     outside = paste_masks_in_image(masks[:1], torch.tensor([[70.0, 60.0, 90.0, 80.0]]), (48, 64))
     assert outside.shape == (1, 1, 48, 64) and outside.abs().sum() == 0
     assert paste_masks_in_image(masks[:0], boxes[:0], (48, 64)).shape == (0, 1, 48, 64)
+
+
+# ---- CUDA (skipped without a GPU) -----------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_eval_and_train_match_torchvision():
+    """On CUDA: the same detections as torchvision's model on CUDA (TF32 off; looser tolerances,
+    cuDNN may pick other conv algorithms per model), and a training step with finite losses close
+    to torchvision's and gradients (RoIAlign backward uses atomics: compared with tolerances only)."""
+    tv, ours = pair("maskrcnn_resnet18_fpn", box_score_thresh=0.01)
+    tv, ours = tv.cuda(), ours.cuda()
+    ims = [im.cuda() for im in images()]
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, benchmark=False, allow_tf32=False):
+        with torch.no_grad():
+            expected, got = tv(ims), ours(ims)
+        for im, a, b in zip(ims, expected, got):
+            assert b["boxes"].device.type == "cuda" and b["masks"].shape[-2:] == im.shape[-2:]
+            n = min(len(a["scores"]), len(b["scores"]))
+            assert n > 10 and abs(len(a["scores"]) - len(b["scores"])) <= 2
+            torch.testing.assert_close(b["scores"][:n], a["scores"][:n], rtol=0, atol=1e-3)
+        targets = [{k: v.cuda() for k, v in t.items()} for t in make_targets(images())]
+        tv.train(), ours.train()
+        torch.manual_seed(11)
+        loss_tv = tv(ims, targets)
+        torch.manual_seed(11)
+        loss = ours(ims, targets)
+    for k in loss_tv:
+        assert torch.isfinite(loss[k])
+        torch.testing.assert_close(loss[k], loss_tv[k], rtol=1e-2, atol=1e-3, msg=k)
+    sum(loss.values()).backward()
+    assert ours.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert ours.backbone.fpn.inner_blocks[0][0].weight.grad is not None
