@@ -19,6 +19,15 @@ from .rpn import conv_block, rename_legacy_keys
 # ---- heads ----------------------------------------------------------------------------------------------
 
 
+def _init_convs(module: nn.Module) -> None:
+    """He (fan-out) initialisation of every Conv2d, zero biases (torchvision's head init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class TwoMLPHead(nn.Module):
     """Flatten the pooled RoI features, then two fully connected layers with ReLU (fc6, fc7).
 
@@ -57,11 +66,7 @@ class FastRCNNConvFCHead(nn.Sequential):
             blocks += [nn.Linear(n, out), nn.ReLU(inplace=True)]
             n = out
         super().__init__(*blocks)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        _init_convs(self)
 
 
 class FastRCNNPredictor(nn.Module):
@@ -97,11 +102,7 @@ class MaskRCNNHeads(nn.Sequential):
             blocks.append(conv_block(in_channels, out, norm_layer, dilation=dilation))
             in_channels = out
         super().__init__(*blocks)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        _init_convs(self)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
