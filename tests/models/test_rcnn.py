@@ -242,7 +242,9 @@ def make_targets(ims, mask=True, empty=()):
         xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
         wh = 8 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
         boxes = torch.cat([xy, xy + wh], dim=1)
-        t = {"boxes": boxes, "labels": torch.randint(1, 5, (n,), generator=g)}
+        t = {"boxes": boxes, "labels": torch.randint(1, 5, (n,), generator=g),
+             # what fastdet.data.CocoDetection adds: passed through, ignored by the model
+             "image_id": i, "area": wh.prod(dim=1), "iscrowd": torch.zeros(n, dtype=torch.int64)}
         if mask:
             masks = torch.zeros(n, h, w, dtype=torch.uint8)
             for j, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
@@ -287,6 +289,25 @@ def test_training_all_images_empty():
     sum(losses.values()).backward()
 
 
+def test_autocast_bf16():
+    """Under CPU autocast (bfloat16) inference and training run like torchvision's: same output
+    dtypes, scores within bf16 rounding, finite fp32 losses that backpropagate."""
+    tv, ours = pair("maskrcnn_resnet18_fpn", box_score_thresh=0.01)
+    ims = images()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = tv(ims), ours(ims)
+    for a, b in zip(expected, got):
+        assert {k: v.dtype for k, v in b.items()} == {k: v.dtype for k, v in a.items()}
+        assert b["masks"].shape == a["masks"].shape and len(b["boxes"]) > 10
+        torch.testing.assert_close(b["scores"].float(), a["scores"].float(), rtol=0, atol=2e-2)
+    ours.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = ours(ims, make_targets(ims))
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    sum(losses.values()).backward()
+    assert ours.roi_heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+
+
 # ---- errors ---------------------------------------------------------------------------------------------
 
 
@@ -317,6 +338,8 @@ def test_bad_inputs():
     ours.eval()
     with pytest.raises(ValueError, match=r"images\[1\] must have shape \[C, H, W\]"):
         ours([ims[0], ims[1][None]])
+    with pytest.raises(ValueError, match="images is empty"):
+        ours([])
     with pytest.raises(ValueError, match="images must be a list"):
         ours(torch.stack([ims[0], ims[0]]))
     with pytest.raises(TypeError, match="floating point"):

@@ -58,6 +58,8 @@ class GeneralizedRCNN(nn.Module):
         name = type(self).__name__
         if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
             raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
+        if len(images) == 0:
+            raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
         for i, im in enumerate(images):
             if im.dim() != 3:
                 raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
