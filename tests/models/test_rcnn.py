@@ -438,7 +438,8 @@ def test_cuda_eval_and_train_match_torchvision():
             n = min(len(a["scores"]), len(b["scores"]))
             assert n > 10 and abs(len(a["scores"]) - len(b["scores"])) <= 2
             torch.testing.assert_close(b["scores"][:n], a["scores"][:n], rtol=0, atol=1e-3)
-        targets = [{k: v.cuda() for k, v in t.items()} for t in make_targets(images())]
+        targets = [{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                   for t in make_targets(images())]
         tv.train(), ours.train()
         torch.manual_seed(11)
         loss_tv = tv(ims, targets)

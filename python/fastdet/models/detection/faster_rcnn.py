@@ -310,7 +310,9 @@ _DOC = """{title}
     Keyword arguments as torchvision's builder of the same name:
         weights: None or a local checkpoint path (a state dict, or a dict with one under "model").
             Loaded strictly (old-style torchvision key names accepted); num_classes defaults to the
-            checkpoint's. Never downloads: a torchvision enum or URL is a ValueError.
+            checkpoint's. Never downloads: a torchvision enum or URL is a ValueError. The backbone
+            then uses FrozenBatchNorm2d (the v1 ResNet-50 builders with eps 0, as torchvision sets
+            for its published COCO checkpoints).
         num_classes: classes including the background (default 91, COCO).
         weights_backbone: None or a local path to the {backbone} classification state dict;
             with it the backbone uses FrozenBatchNorm2d{v2note}.
