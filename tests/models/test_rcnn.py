@@ -402,6 +402,12 @@ def test_transform_matches_torchvision():
         for x, y in zip(ta, tb):
             assert torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["masks"], y["masks"])
     assert targets[0]["boxes"].shape == (3, 4) and targets[0]["masks"].shape[1:] == ims[0].shape[1:]  # not modified
+    fixed = RCNNTransform(*args, fixed_size=(96, 64)).eval()
+    assert fixed(ims)[0].image_sizes == [(64, 96), (64, 96)]
+    skip = RCNNTransform(*args, _skip_resize=True).train()
+    assert skip(ims, targets)[0].image_sizes == [(120, 150), (97, 88)]
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['bogus'\\]"):
+        RCNNTransform(*args, bogus=1)
 
 
 def test_paste_masks_matches_torchvision():

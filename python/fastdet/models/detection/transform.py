@@ -30,6 +30,7 @@ class RCNNTransform(nn.Module):
         image_mean, image_std: per-channel normalisation of images in [0, 1].
         size_divisible: the padded batch's height and width are multiples of this (32 for FPN).
         fixed_size: (w, h) to resize every image to instead (ignores min_size/max_size).
+        _skip_resize: keyword only, as torchvision's: no resizing in training mode.
 
     forward(images: list[Tensor[3, H, W]], targets=None) -> (ImageList, targets with boxes and masks
     resized). Resizing is bilinear (align_corners=False) with torchvision's scale-factor arithmetic,
@@ -39,8 +40,7 @@ class RCNNTransform(nn.Module):
     def __init__(self, min_size, max_size: int, image_mean, image_std, size_divisible: int = 32,
                  fixed_size: tuple[int, int] | None = None, **kwargs):
         super().__init__()
-        if kwargs.pop("_skip_resize", False):
-            raise ValueError("RCNNTransform: _skip_resize is not supported")
+        self._skip_resize = bool(kwargs.pop("_skip_resize", False))  # torchvision's: no resize in training
         if kwargs:
             raise TypeError(f"RCNNTransform: unexpected keyword arguments {sorted(kwargs)}")
         if not isinstance(min_size, (list, tuple)):
@@ -69,6 +69,8 @@ class RCNNTransform(nn.Module):
 
     def resize(self, image: Tensor, target: dict | None):
         h, w = image.shape[-2:]
+        if self.training and self._skip_resize:
+            return image, target
         if self.fixed_size is not None:
             kw = dict(size=[self.fixed_size[1], self.fixed_size[0]], scale_factor=None, recompute_scale_factor=None)
         else:
