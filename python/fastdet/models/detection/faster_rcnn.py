@@ -267,7 +267,6 @@ def _resnet_fpn(fn: str, depth: int, backbone_path: Path | None, is_trained: boo
 
 def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights_backbone, num_classes,
            trainable_backbone_layers, kwargs) -> GeneralizedRCNN:
-    kwargs.pop("progress", None)  # torchvision's download progress flag: nothing is downloaded here
     path = _local_path(fn, "weights", weights)
     backbone_path = None if path is not None else _local_path(fn, "weights_backbone", weights_backbone)
     num_classes = _num_classes_from(fn, path, num_classes)
@@ -310,9 +309,9 @@ _DOC = """{title}
     Keyword arguments as torchvision's builder of the same name:
         weights: None or a local checkpoint path (a state dict, or a dict with one under "model").
             Loaded strictly (old-style torchvision key names accepted); num_classes defaults to the
-            checkpoint's. Never downloads: a torchvision enum or URL is a ValueError. The backbone
-            then uses FrozenBatchNorm2d (the v1 ResNet-50 builders with eps 0, as torchvision sets
-            for its published COCO checkpoints).
+            checkpoint's. Never downloads: a torchvision enum or URL is a ValueError. As in
+            torchvision, the backbone then uses FrozenBatchNorm2d{v2note} (the v1 ResNet-50
+            builders with eps 0, the setting of torchvision's published COCO checkpoints).
         num_classes: classes including the background (default 91, COCO).
         weights_backbone: None or a local path to the {backbone} classification state dict;
             with it the backbone uses FrozenBatchNorm2d{v2note}.
@@ -327,6 +326,7 @@ _DOC = """{title}
 def _builder(name: str, title: str, *, depth, mask: bool, v2: bool, defaults: dict | None = None):
     def build(*, weights=None, progress: bool = True, num_classes=None, weights_backbone=None,
               trainable_backbone_layers=None, **kwargs):
+        # progress: torchvision's download progress bar; accepted for compatibility (nothing downloads)
         kwargs = {**(defaults or {}), **kwargs}
         return _build(name, depth=depth, mask=mask, v2=v2, weights=weights, weights_backbone=weights_backbone,
                       num_classes=num_classes, trainable_backbone_layers=trainable_backbone_layers, kwargs=kwargs)
