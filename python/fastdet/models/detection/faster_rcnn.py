@@ -1,0 +1,364 @@
+"""Faster R-CNN and Mask R-CNN with FPN, built from fastdet ops; torchvision-compatible builders,
+keyword arguments, state-dict keys and outputs.
+
+Backbones (ResNet / MobileNetV3 + FPN) are torchvision's own modules, built the way torchvision's
+builders build them, so ``backbone.*`` keys and numerics are identical. Everything after the
+backbone (transform, anchors, RPN, RoI heads, mask head, losses, post-processing) is fastdet's,
+on ``fastdet.ops.box_iou``, ``batched_nms``, ``MultiScaleRoIAlign`` and ``roi_align``.
+Nothing is ever downloaded: ``weights`` / ``weights_backbone`` take a local file or None.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fastdet.ops import MultiScaleRoIAlign
+
+from .anchors import AnchorGenerator
+from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
+from .rpn import RegionProposalNetwork, RPNHead
+from .transform import RCNNTransform
+
+try:
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+except ImportError as e:  # pragma: no cover - torchvision is a declared dependency of the zoo
+    raise ImportError("fastdet.models needs torchvision for its backbones: pip install 'fastdet[zoo]'") from e
+
+
+# ---- the model classes ----------------------------------------------------------------------------------
+
+
+class GeneralizedRCNN(nn.Module):
+    """transform -> backbone -> rpn -> roi_heads -> transform.postprocess, torchvision's call contract.
+
+    forward(images: list[Tensor[3, H, W]] (float, [0, 1], sizes may differ), targets=None):
+      train mode: targets list[dict(boxes Tensor[N, 4] float xyxy pixels, labels Tensor[N] int64 in
+      1..num_classes-1, masks Tensor[N, H, W] uint8 for mask models)] -> dict of scalar losses;
+      eval mode: list[dict(boxes Tensor[K, 4] xyxy in original pixels, labels Tensor[K] int64,
+      scores Tensor[K], masks Tensor[K, 1, H, W] probabilities for mask models)].
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module):
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def _check_inputs(self, images, targets) -> None:
+        name = type(self).__name__
+        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
+            raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
+        if len(images) == 0:
+            raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
+        for i, im in enumerate(images):
+            if im.dim() != 3:
+                raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
+        if self.training and targets is None:
+            raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
+        if targets is None:
+            return
+        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+            raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
+        for i, t in enumerate(targets):
+            boxes = t.get("boxes") if isinstance(t, Mapping) else None
+            if not isinstance(boxes, Tensor):
+                raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
+            if boxes.dim() != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        self._check_inputs(images, targets)
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        batch, targets = self.transform(list(images), targets)
+        if targets is not None:
+            for i, t in enumerate(targets):
+                bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
+                if bad.any():
+                    box = t["boxes"][torch.where(bad)[0][0]].tolist()
+                    raise ValueError(f"{type(self).__name__}: targets[{i}]['boxes'] has a box with no positive "
+                                     f"width and height: {box} (after resizing)")
+        features = self.backbone(batch.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, proposal_losses = self.rpn(batch, features, targets)
+        detections, detector_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+def default_anchor_generator() -> AnchorGenerator:
+    """One size per FPN level (32..512 px), three aspect ratios."""
+    sizes = ((32,), (64,), (128,), (256,), (512,))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+class FasterRCNN(GeneralizedRCNN):
+    """Faster R-CNN (Ren et al. 2015) with torchvision's constructor (same arguments, defaults and
+    sub-module names; see torchvision.models.detection.FasterRCNN for each one).
+
+    backbone must have ``out_channels``; either num_classes (including background) or
+    box_predictor is given. ``min_size``/``max_size``: the resize of every input image (shorter side
+    to min_size unless the longer side would exceed max_size). Extra keyword arguments go to the
+    transform (``size_divisible``, ``fixed_size``).
+    """
+
+    def __init__(self, backbone, num_classes=None, min_size=800, max_size=1333, image_mean=None, image_std=None,
+                 rpn_anchor_generator=None, rpn_head=None, rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+                 rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7,
+                 rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3, rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+                 rpn_score_thresh=0.0, box_roi_pool=None, box_head=None, box_predictor=None, box_score_thresh=0.05,
+                 box_nms_thresh=0.5, box_detections_per_img=100, box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
+                 box_batch_size_per_image=512, box_positive_fraction=0.25, bbox_reg_weights=None, **kwargs):
+        name = type(self).__name__
+        if not hasattr(backbone, "out_channels"):
+            raise ValueError(f"{name}: backbone must have an attribute out_channels (the channels of every feature map)")
+        if num_classes is not None and box_predictor is not None:
+            raise ValueError(f"{name}: give num_classes or box_predictor, not both")
+        if num_classes is None and box_predictor is None:
+            raise ValueError(f"{name}: num_classes is required when box_predictor is not given")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"{name}: num_classes counts the background and must be >= 2, got {num_classes}")
+        out_channels = backbone.out_channels
+        if rpn_anchor_generator is None:
+            rpn_anchor_generator = default_anchor_generator()
+        if rpn_head is None:
+            rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
+        rpn = RegionProposalNetwork(
+            rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+            rpn_positive_fraction, dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+            dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test), rpn_nms_thresh,
+            score_thresh=rpn_score_thresh)
+        if box_roi_pool is None:
+            box_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        if box_head is None:
+            resolution = box_roi_pool.output_size[0]
+            box_head = TwoMLPHead(out_channels * resolution**2, 1024)
+        if box_predictor is None:
+            box_predictor = FastRCNNPredictor(1024, num_classes)
+        roi_heads = RoIHeads(box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh,
+                             box_batch_size_per_image, box_positive_fraction, bbox_reg_weights, box_score_thresh,
+                             box_nms_thresh, box_detections_per_img)
+        transform = RCNNTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
+                                  image_std or [0.229, 0.224, 0.225], **kwargs)
+        super().__init__(backbone, rpn, roi_heads, transform)
+
+
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN (He et al. 2017): Faster R-CNN plus a mask branch (mask_roi_pool 14x14,
+    mask_head, mask_predictor), torchvision's constructor. Training targets need ``masks``
+    Tensor[N, H, W] uint8; eval outputs carry ``masks`` Tensor[K, 1, H, W] probabilities pasted into
+    the original image (threshold at 0.5 for binary masks)."""
+
+    def __init__(self, backbone, num_classes=None, *args, mask_roi_pool=None, mask_head=None, mask_predictor=None,
+                 **kwargs):
+        if num_classes is not None and mask_predictor is not None:
+            raise ValueError(f"{type(self).__name__}: give num_classes or mask_predictor, not both")
+        out_channels = backbone.out_channels
+        if mask_roi_pool is None:
+            mask_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
+        if mask_head is None:
+            mask_head = MaskRCNNHeads(out_channels, (256, 256, 256, 256), 1)
+        if mask_predictor is None:
+            mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
+        super().__init__(backbone, num_classes, *args, **kwargs)
+        self.roi_heads.mask_roi_pool = mask_roi_pool
+        self.roi_heads.mask_head = mask_head
+        self.roi_heads.mask_predictor = mask_predictor
+
+
+# ---- weights: local files only ------------------------------------------------------------------------
+
+
+def _local_path(fn: str, arg: str, value) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if "://" in text:
+            raise ValueError(f"{fn}: {arg} must be None or a local file path; nothing is downloaded (got the URL {text!r})")
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{fn}: {arg} file not found: {path}")
+        return path
+    raise ValueError(f"{fn}: {arg} must be None or a local file path (str or Path); nothing is downloaded, so "
+                     f"torchvision weight enums are not accepted (got {value!r}). Save the state dict to a file "
+                     f"and pass its path.")
+
+
+def read_state_dict(fn: str, path: Path) -> dict[str, Tensor]:
+    """The state dict in a checkpoint file: a raw state dict, or a dict holding one under "model"
+    (fastdet / torchvision reference training checkpoints)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{fn}: cannot read {path} as a PyTorch checkpoint: {e}") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise RuntimeError(f"{fn}: {path} holds no state dict (expected a dict of tensors, or one under 'model')")
+    return dict(obj)
+
+
+def load_weights(fn: str, module: nn.Module, path: Path) -> None:
+    """Load a local state dict strictly (old-style torchvision key names accepted); a mismatch is a
+    RuntimeError naming the missing and unexpected keys."""
+    state = read_state_dict(fn, path)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise RuntimeError(f"{fn}: {path} does not match the model: {e}") from e
+    if result.missing_keys or result.unexpected_keys:
+        def show(keys):
+            return ", ".join(keys[:10]) + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "") if keys else "none"
+        raise RuntimeError(f"{fn}: {path} does not match the model: missing keys: {show(result.missing_keys)}; "
+                           f"unexpected keys: {show(result.unexpected_keys)}")
+
+
+def _num_classes_from(fn: str, path: Path | None, num_classes):
+    """num_classes: as given, else read from the checkpoint's box predictor, else 91 (COCO)."""
+    if num_classes is not None or path is None:
+        return 91 if num_classes is None else num_classes
+    w = read_state_dict(fn, path).get("roi_heads.box_predictor.cls_score.weight")
+    return int(w.shape[0]) if w is not None else 91
+
+
+def _trainable_layers(fn: str, is_trained: bool, value, max_value: int, default: int) -> int:
+    # torchvision's rule: without any pretrained weights every layer trains
+    if not is_trained:
+        if value is not None and value != max_value:
+            warnings.warn(f"{fn}: trainable_backbone_layers has no effect without weights or weights_backbone; "
+                          f"all {max_value} layers are trainable", stacklevel=3)
+        value = max_value
+    if value is None:
+        value = default
+    if not 0 <= int(value) <= max_value:
+        raise ValueError(f"{fn}: trainable_backbone_layers must be in [0, {max_value}], got {value}")
+    return int(value)
+
+
+def _set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.eps = eps
+
+
+def _resnet_fpn(fn: str, depth: int, backbone_path: Path | None, is_trained: bool, trainable_layers: int,
+                v2: bool) -> nn.Module:
+    ctor = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}[depth]
+    if v2:  # Faster R-CNN v2 (Li et al. 2021 recipe): BatchNorm everywhere, also in the FPN
+        body = ctor(weights=None)
+    else:
+        body = ctor(weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
+    if backbone_path is not None:
+        load_weights(fn, body, backbone_path)
+    return _resnet_fpn_extractor(body, trainable_layers, norm_layer=nn.BatchNorm2d if v2 else None)
+
+
+def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights_backbone, num_classes,
+           trainable_backbone_layers, kwargs) -> GeneralizedRCNN:
+    path = _local_path(fn, "weights", weights)
+    backbone_path = None if path is not None else _local_path(fn, "weights_backbone", weights_backbone)
+    num_classes = _num_classes_from(fn, path, num_classes)
+    is_trained = path is not None or backbone_path is not None
+    if depth is None:  # MobileNetV3-Large FPN
+        layers = _trainable_layers(fn, is_trained, trainable_backbone_layers, 6, 3)
+        body = torchvision.models.mobilenet_v3_large(
+            weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
+        if backbone_path is not None:
+            load_weights(fn, body, backbone_path)
+        backbone = _mobilenet_extractor(body, True, layers)
+        sizes = ((32, 64, 128, 256, 512),) * 3
+        kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes)))
+    else:
+        layers = _trainable_layers(fn, is_trained, trainable_backbone_layers, 5, 3)
+        backbone = _resnet_fpn(fn, depth, backbone_path, is_trained, layers, v2)
+    if v2:
+        anchors = default_anchor_generator()
+        kwargs.setdefault("rpn_anchor_generator", anchors)
+        kwargs.setdefault("rpn_head", RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2))
+        kwargs.setdefault("box_head", FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024],
+                                                         norm_layer=nn.BatchNorm2d))
+        if mask:
+            kwargs.setdefault("mask_head", MaskRCNNHeads(backbone.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d))
+    cls = MaskRCNN if mask else FasterRCNN
+    model = cls(backbone, num_classes=num_classes, **kwargs)
+    if path is not None:
+        load_weights(fn, model, path)
+        if depth == 50 and not v2:
+            # torchvision's published v1 COCO checkpoints were trained with FrozenBatchNorm eps = 0
+            # (torchvision applies overwrite_eps(model, 0.0) when it loads them)
+            _set_frozen_bn_eps(model, 0.0)
+    return model
+
+
+# ---- builders (torchvision's names and keyword arguments) -------------------------------------------------
+
+_DOC = """{title}
+
+    Keyword arguments as torchvision's builder of the same name:
+        weights: None or a local checkpoint path (a state dict, or a dict with one under "model").
+            Loaded strictly (old-style torchvision key names accepted); num_classes defaults to the
+            checkpoint's. Never downloads: a torchvision enum or URL is a ValueError. As in
+            torchvision, the backbone then uses FrozenBatchNorm2d{v2note} (the v1 ResNet-50
+            builders with eps 0, the setting of torchvision's published COCO checkpoints).
+        num_classes: classes including the background (default 91, COCO).
+        weights_backbone: None or a local path to the {backbone} classification state dict;
+            with it the backbone uses FrozenBatchNorm2d{v2note}.
+        trainable_backbone_layers: layers (from the top) to train when weights are loaded
+            (0..{max_layers}, default 3); without weights all train.
+        **kwargs: {cls} arguments (min_size, max_size, box_score_thresh, rpn_* / box_* settings, ...).
+
+    Returns a {cls} in training mode.
+    """
+
+
+def _builder(name: str, title: str, *, depth, mask: bool, v2: bool, defaults: dict | None = None):
+    def build(*, weights=None, progress: bool = True, num_classes=None, weights_backbone=None,
+              trainable_backbone_layers=None, **kwargs):
+        # progress: torchvision's download progress bar; accepted for compatibility (nothing downloads)
+        kwargs = {**(defaults or {}), **kwargs}
+        return _build(name, depth=depth, mask=mask, v2=v2, weights=weights, weights_backbone=weights_backbone,
+                      num_classes=num_classes, trainable_backbone_layers=trainable_backbone_layers, kwargs=kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = _DOC.format(title=title, backbone="MobileNetV3-Large" if depth is None else f"ResNet-{depth}",
+                                v2note=" (v2: BatchNorm2d)" if v2 else "", max_layers=6 if depth is None else 5,
+                                cls="MaskRCNN" if mask else "FasterRCNN")
+    return build
+
+
+fasterrcnn_resnet50_fpn = _builder("fasterrcnn_resnet50_fpn", "Faster R-CNN, ResNet-50 FPN.",
+                                   depth=50, mask=False, v2=False)
+fasterrcnn_resnet50_fpn_v2 = _builder(
+    "fasterrcnn_resnet50_fpn_v2", "Faster R-CNN v2, ResNet-50 FPN with BatchNorm FPN, 2-conv RPN head, 4conv1fc box head.",
+    depth=50, mask=False, v2=True)
+fasterrcnn_mobilenet_v3_large_fpn = _builder(
+    "fasterrcnn_mobilenet_v3_large_fpn", "Faster R-CNN, MobileNetV3-Large FPN (rpn_score_thresh 0.05).",
+    depth=None, mask=False, v2=False, defaults={"rpn_score_thresh": 0.05})
+fasterrcnn_mobilenet_v3_large_320_fpn = _builder(
+    "fasterrcnn_mobilenet_v3_large_320_fpn", "Faster R-CNN, MobileNetV3-Large FPN tuned for 320 px inputs.",
+    depth=None, mask=False, v2=False, defaults={"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150,
+                                                "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05})
+fasterrcnn_resnet18_fpn = _builder("fasterrcnn_resnet18_fpn", "Faster R-CNN, ResNet-18 FPN (small, for fast experiments).",
+                                   depth=18, mask=False, v2=False)
+maskrcnn_resnet50_fpn = _builder("maskrcnn_resnet50_fpn", "Mask R-CNN, ResNet-50 FPN.", depth=50, mask=True, v2=False)
+maskrcnn_resnet50_fpn_v2 = _builder("maskrcnn_resnet50_fpn_v2", "Mask R-CNN v2, ResNet-50 FPN (BatchNorm heads).",
+                                    depth=50, mask=True, v2=True)
+maskrcnn_resnet18_fpn = _builder("maskrcnn_resnet18_fpn", "Mask R-CNN, ResNet-18 FPN (small, for fast experiments).",
+                                 depth=18, mask=True, v2=False)
+
+BUILDERS = {f.__name__: f for f in (
+    fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2, fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_mobilenet_v3_large_320_fpn, fasterrcnn_resnet18_fpn, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2,
+    maskrcnn_resnet18_fpn)}
