@@ -22,8 +22,8 @@ def main() -> None:
     args = parser.parse_args()
 
     # The shapes dataset is generated under OUTPUT/shapes (train + val splits) on the first run.
-    cfg = TrainConfig(model=args.model, output=args.output, epochs=args.epochs, batch_size=4, lr=0.02,
-                      model_kwargs={"min_size": 128, "max_size": 128})
+    # Defaults: AdamW lr 1e-3, batch 4, and the small-input preset of fastdet.engine.trainer.SHAPES_MODEL_KWARGS.
+    cfg = TrainConfig(model=args.model, output=args.output, epochs=args.epochs)
     result = fit(cfg)
     print(format_metrics(result["metrics"]))
 

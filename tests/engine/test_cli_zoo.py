@@ -12,7 +12,8 @@ import pytest
 
 from fastdet.cli import main
 
-MODEL = ["--model", "fasterrcnn_resnet18_fpn", "--min-size", "64", "--max-size", "64"]
+MODEL = ["--model", "fasterrcnn_resnet18_fpn", "--min-size", "64", "--max-size", "64",
+         "--model-arg", "representation_size=64", "--model-arg", "box_batch_size_per_image=32"]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,12 @@ def test_user_errors_are_one_line(argv, message, shapes, trained, tmp_path, caps
     assert main([a.format(**fill) for a in argv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_model_arg_needs_key_and_value(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model-arg", "representation_size"])
+    assert e.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -103,6 +103,22 @@ def test_registry():
         models.is_mask_model("nope")
 
 
+def test_small_config_arguments():
+    # fastdet's extensions for small inputs; the defaults are torchvision's (checked by the key tests below)
+    m = models.build_model("maskrcnn_resnet18_fpn", num_classes=4, representation_size=64, mask_head_width=32,
+                           anchor_sizes=(8, 16, 32, 64, 128), **SMALL)
+    assert m.roi_heads.box_head.fc6.out_features == 64 and m.roi_heads.box_predictor.cls_score.in_features == 64
+    assert m.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+    assert all(p.shape[0] == 32 for n, p in m.roi_heads.mask_head.named_parameters() if n.endswith("weight"))
+    assert [s[0] for s in m.rpn.anchor_generator.sizes] == [8, 16, 32, 64, 128]
+    m.eval()
+    (out,) = m([torch.rand(3, 96, 128)])
+    assert out["masks"].shape[1:] == (1, 96, 128)
+    with pytest.raises(ValueError, match="rpn_anchor_generator or anchor_sizes, not both"):
+        models.build_model("fasterrcnn_resnet18_fpn", num_classes=4, anchor_sizes=(8, 16, 32, 64, 128),
+                           rpn_anchor_generator=AnchorGenerator(((32,),) * 5, ((1.0,),) * 5))
+
+
 # ---- state dicts ----------------------------------------------------------------------------------------
 
 

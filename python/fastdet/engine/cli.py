@@ -12,8 +12,21 @@ def _ints(value: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value.split(",") if v.strip())
 
 
+def _model_arg(value: str) -> tuple[str, object]:
+    """`key=value` with a Python literal value (`box_batch_size_per_image=128`, `box_score_thresh=0.3`)."""
+    import ast
+
+    key, sep, raw = value.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw  # a bare string
+
+
 def _model_kwargs(args) -> dict:
-    kwargs = {}
+    kwargs = dict(args.model_arg or [])
     if args.min_size is not None:
         kwargs["min_size"] = args.min_size
     if args.max_size is not None:
@@ -124,8 +137,10 @@ def add_subcommands(sub) -> None:
     t.add_argument("--val-split", default="val", help="evaluated after epochs when present")
     t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--batch-size", type=int, default=4, help="images per process and step")
-    t.add_argument("--lr", type=float, default=0.02)
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                   help="AdamW trains the zoo's models from scratch well; to fine-tune torchvision weights the "
+                        "usual recipe is --optimizer sgd --lr 0.02 (16 images per step)")
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--lr-schedule", choices=("multistep", "cosine", "constant"), default="multistep")
     t.add_argument("--lr-steps", type=_ints, help="epochs at which multistep divides the lr by 10 (default: 2/3 and 8/9 of --epochs)")
@@ -138,8 +153,12 @@ def add_subcommands(sub) -> None:
     t.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: only after the last)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (e.g. OUTPUT/last.pt)")
     t.add_argument("--weights", metavar="PATH", help="start from a local state dict (e.g. a converted torchvision checkpoint)")
-    t.add_argument("--min-size", type=int, help="model input: shorter side resized to this")
+    t.add_argument("--min-size", type=int, help="model input: shorter side resized to this (default: the builder's "
+                                                "800, or the image size on the generated shapes data)")
     t.add_argument("--max-size", type=int, help="model input: longer side at most this")
+    t.add_argument("--model-arg", type=_model_arg, action="append", metavar="KEY=VALUE",
+                   help="another builder keyword argument (repeatable), e.g. representation_size=256, "
+                        "box_batch_size_per_image=128, rpn_post_nms_top_n_train=300")
     t.add_argument("--shapes-images", type=int, default=256, help="generated training images (validation: a quarter)")
     t.add_argument("--shapes-image-size", type=int, default=128)
     t.add_argument("--no-progress", action="store_true")
