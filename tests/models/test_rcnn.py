@@ -237,8 +237,10 @@ def test_eval_parity_with_torchvision(name):
             assert b["masks"].max() > 0.01
 
 
-def test_eval_zero_detections():
-    _, ours = pair("maskrcnn_resnet18_fpn", calibrate=False, box_score_thresh=1.0)
+@pytest.mark.parametrize("kwargs", [dict(box_score_thresh=1.0), dict(rpn_score_thresh=1.1)],
+                         ids=["no-detections", "no-proposals"])
+def test_eval_zero_detections(kwargs):
+    _, ours = pair("maskrcnn_resnet18_fpn", calibrate=False, **kwargs)
     with torch.no_grad():
         out = ours(images())
     for im, r in zip(images(), out):

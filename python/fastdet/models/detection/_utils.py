@@ -77,8 +77,7 @@ class BoxCoder:
         references = references.to(deltas.dtype)
         cx, cy, w, h = self._centre_size(references)
         wx, wy, ww, wh = self.weights
-        n = deltas.shape[0]
-        d = deltas.reshape(n, -1, 4)
+        d = deltas.reshape(deltas.shape[0], deltas.shape[1] // 4, 4)  # explicit K: N may be 0
         dw = torch.clamp(d[..., 2] / ww, max=self.bbox_xform_clip)
         dh = torch.clamp(d[..., 3] / wh, max=self.bbox_xform_clip)
         px = d[..., 0] / wx * w[:, None] + cx[:, None]
