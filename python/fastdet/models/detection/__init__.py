@@ -1,8 +1,9 @@
-"""Two-stage detectors (Faster R-CNN, Mask R-CNN with FPN) built from fastdet ops."""
+"""Detectors built from fastdet ops. Each family module has a ``BUILDERS`` dict (name -> builder);
+this package merges them into one."""
 
 from .anchors import AnchorGenerator
+from . import faster_rcnn
 from .faster_rcnn import (
-    BUILDERS,
     FasterRCNN,
     GeneralizedRCNN,
     MaskRCNN,
@@ -26,6 +27,8 @@ from .roi_heads import (
 )
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
+
+BUILDERS = {**faster_rcnn.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",

@@ -10,8 +10,6 @@ Nothing is ever downloaded: ``weights`` / ``weights_backbone`` take a local file
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +19,7 @@ from torch import Tensor, nn
 
 from fastdet.ops import MultiScaleRoIAlign
 
+from .._weights import load_weights, local_path, num_classes_from, set_frozen_bn_eps, trainable_layers
 from .anchors import AnchorGenerator
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
@@ -186,80 +185,7 @@ class MaskRCNN(FasterRCNN):
         self.roi_heads.mask_predictor = mask_predictor
 
 
-# ---- weights: local files only ------------------------------------------------------------------------
-
-
-def _local_path(fn: str, arg: str, value) -> Path | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        if "://" in text:
-            raise ValueError(f"{fn}: {arg} must be None or a local file path; nothing is downloaded (got the URL {text!r})")
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{fn}: {arg} file not found: {path}")
-        return path
-    raise ValueError(f"{fn}: {arg} must be None or a local file path (str or Path); nothing is downloaded, so "
-                     f"torchvision weight enums are not accepted (got {value!r}). Save the state dict to a file "
-                     f"and pass its path.")
-
-
-def read_state_dict(fn: str, path: Path) -> dict[str, Tensor]:
-    """The state dict in a checkpoint file: a raw state dict, or a dict holding one under "model"
-    (fastdet / torchvision reference training checkpoints)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{fn}: cannot read {path} as a PyTorch checkpoint: {e}") from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise RuntimeError(f"{fn}: {path} holds no state dict (expected a dict of tensors, or one under 'model')")
-    return dict(obj)
-
-
-def load_weights(fn: str, module: nn.Module, path: Path) -> None:
-    """Load a local state dict strictly (old-style torchvision key names accepted); a mismatch is a
-    RuntimeError naming the missing and unexpected keys."""
-    state = read_state_dict(fn, path)
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise RuntimeError(f"{fn}: {path} does not match the model: {e}") from e
-    if result.missing_keys or result.unexpected_keys:
-        def show(keys):
-            return ", ".join(keys[:10]) + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "") if keys else "none"
-        raise RuntimeError(f"{fn}: {path} does not match the model: missing keys: {show(result.missing_keys)}; "
-                           f"unexpected keys: {show(result.unexpected_keys)}")
-
-
-def _num_classes_from(fn: str, path: Path | None, num_classes):
-    """num_classes: as given, else read from the checkpoint's box predictor, else 91 (COCO)."""
-    if num_classes is not None or path is None:
-        return 91 if num_classes is None else num_classes
-    w = read_state_dict(fn, path).get("roi_heads.box_predictor.cls_score.weight")
-    return int(w.shape[0]) if w is not None else 91
-
-
-def _trainable_layers(fn: str, is_trained: bool, value, max_value: int, default: int) -> int:
-    # torchvision's rule: without any pretrained weights every layer trains
-    if not is_trained:
-        if value is not None and value != max_value:
-            warnings.warn(f"{fn}: trainable_backbone_layers has no effect without weights or weights_backbone; "
-                          f"all {max_value} layers are trainable", stacklevel=3)
-        value = max_value
-    if value is None:
-        value = default
-    if not 0 <= int(value) <= max_value:
-        raise ValueError(f"{fn}: trainable_backbone_layers must be in [0, {max_value}], got {value}")
-    return int(value)
-
-
-def _set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            m.eps = eps
+# ---- building -------------------------------------------------------------------------------------------
 
 
 def _resnet_fpn(fn: str, depth: int, backbone_path: Path | None, is_trained: bool, trainable_layers: int,
@@ -276,12 +202,12 @@ def _resnet_fpn(fn: str, depth: int, backbone_path: Path | None, is_trained: boo
 
 def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights_backbone, num_classes,
            trainable_backbone_layers, kwargs) -> GeneralizedRCNN:
-    path = _local_path(fn, "weights", weights)
-    backbone_path = None if path is not None else _local_path(fn, "weights_backbone", weights_backbone)
-    num_classes = _num_classes_from(fn, path, num_classes)
+    path = local_path(fn, "weights", weights)
+    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
+    num_classes = num_classes_from(fn, path, num_classes, "roi_heads.box_predictor.cls_score.weight")
     is_trained = path is not None or backbone_path is not None
     if depth is None:  # MobileNetV3-Large FPN
-        layers = _trainable_layers(fn, is_trained, trainable_backbone_layers, 6, 3)
+        layers = trainable_layers(fn, is_trained, trainable_backbone_layers, 6, 3)
         body = torchvision.models.mobilenet_v3_large(
             weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
         if backbone_path is not None:
@@ -290,7 +216,7 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
         sizes = ((32, 64, 128, 256, 512),) * 3
         kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes)))
     else:
-        layers = _trainable_layers(fn, is_trained, trainable_backbone_layers, 5, 3)
+        layers = trainable_layers(fn, is_trained, trainable_backbone_layers, 5, 3)
         backbone = _resnet_fpn(fn, depth, backbone_path, is_trained, layers, v2)
     if v2:
         anchors = default_anchor_generator()
@@ -307,7 +233,7 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
         if depth == 50 and not v2:
             # torchvision's published v1 COCO checkpoints were trained with FrozenBatchNorm eps = 0
             # (torchvision applies overwrite_eps(model, 0.0) when it loads them)
-            _set_frozen_bn_eps(model, 0.0)
+            set_frozen_bn_eps(model, 0.0)
     return model
 
 
