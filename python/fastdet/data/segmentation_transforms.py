@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import transforms as T
 from .transforms import Compose, Normalize, to_tensor
 
 __all__ = ["RandomResize", "RandomCrop", "RandomHorizontalFlip", "segmentation_transforms"]
@@ -87,22 +88,14 @@ class RandomCrop:
         return f"{type(self).__name__}(size={self.size}, ignore_index={self.ignore_index})"
 
 
-class RandomHorizontalFlip:
+class RandomHorizontalFlip(T.RandomHorizontalFlip):
     """Flip image and label left-right together with probability ``p``."""
-
-    def __init__(self, p: float = 0.5):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomHorizontalFlip: p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
 
     def __call__(self, image, label=None):
         image = to_tensor(image)
-        if self.p == 0.0 or (self.p < 1.0 and torch.rand(()).item() >= self.p):
+        if not self.flips():
             return image, label
         return image.flip(-1), (label.flip(-1) if label is not None else None)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(p={self.p})"
 
 
 def segmentation_transforms(train: bool, crop_size: int | None = None, base_size: int | None = None) -> Compose:

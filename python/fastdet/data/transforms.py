@@ -82,9 +82,13 @@ class RandomHorizontalFlip:
             raise ValueError(f"RandomHorizontalFlip: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
 
+    def flips(self) -> bool:
+        """Draws whether this call flips (no random draw when p is 0 or 1)."""
+        return self.p == 1.0 or (self.p > 0.0 and torch.rand(()).item() < self.p)
+
     def __call__(self, image, target=None):
         image = to_tensor(image)
-        if self.p == 0.0 or (self.p < 1.0 and torch.rand(()).item() >= self.p):
+        if not self.flips():
             return image, target
         width = image.shape[-1]
         image = image.flip(-1)
