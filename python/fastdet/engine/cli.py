@@ -44,45 +44,43 @@ def _train(args) -> int:
                       device=args.device, workers=args.workers, seed=args.seed, eval_every=args.eval_every,
                       resume=args.resume, weights=args.weights, model_kwargs=_model_kwargs(args),
                       shapes_images=args.shapes_images, shapes_image_size=args.shapes_image_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, loss=args.loss, aux_weight=args.aux_weight,
+                      crop_size=args.crop_size)
     result = fit(cfg)
-    _print_metrics(result.get("metrics"))
+    _print_metrics(result.get("metrics"), cfg.model)
     print(f"checkpoint: {result['checkpoint']}")
     return 0
 
 
-def _print_metrics(metrics) -> None:
+def _print_metrics(metrics, model_name: str) -> None:
     if metrics:
-        from fastdet.evaluation import format_metrics
+        from .tasks import for_model
 
-        print(format_metrics(metrics))
+        print(for_model(model_name).format_metrics(metrics))
 
 
 def _eval(args) -> int:
-    from fastdet.data import build_coco_dataset
-
     from . import checkpoint, distributed
-    from .evaluate import evaluate
+    from .tasks import for_model
     from .trainer import TrainConfig, _loader
 
     state = checkpoint.load(args.checkpoint)
     ctx = distributed.init(args.device)
     try:
-        from fastdet import models
-
+        task = for_model(state["model_name"])
         model = checkpoint.build_model(state).to(ctx.device)
-        masks = models.is_mask_model(state["model_name"])
-        dataset = build_coco_dataset(args.data, args.split, train=False, masks=masks)
+        task.check_data(Path(args.data), args.split)
+        dataset = task.dataset(args.data, args.split, train=False)
         if len(dataset.classes) != len(state["classes"]):
             raise ValueError(f"the checkpoint was trained on {len(state['classes']) - 1} classes, "
                              f"{args.data!r} has {len(dataset.classes) - 1}")
-        loader = _loader(dataset, TrainConfig(batch_size=args.batch_size, workers=args.workers), ctx, train=False)
-        metrics = evaluate(model, loader, ctx, coco_gt=dataset.coco, label_to_cat_id=dataset.label_to_cat_id,
-                           masks=masks, progress=not args.no_progress, backend=args.backend)
+        loader = _loader(dataset, TrainConfig(batch_size=args.batch_size, workers=args.workers), ctx, train=False,
+                         task=task)
+        metrics = task.evaluate(model, loader, dataset, ctx, progress=not args.no_progress, backend=args.backend)
     finally:
         distributed.shutdown(ctx)
     if ctx.is_main:
-        _print_metrics(metrics)
+        _print_metrics(metrics, state["model_name"])
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2))
             print(f"wrote {args.json}")
@@ -90,12 +88,19 @@ def _eval(args) -> int:
 
 
 def _detect(args) -> int:
+    from fastdet import models
+
     from . import checkpoint, distributed
-    from .detect import detect, find_images
+    from .detect import detect, find_images, segment
 
     state = checkpoint.load(args.checkpoint)
     model = checkpoint.build_model(state)
     images = find_images(args.inputs)
+    if models.model_task(state["model_name"]) == "semantic_segmentation":
+        records = segment(model, images, args.output, classes=state["classes"],
+                          device=distributed.resolve_device(args.device), progress=not args.no_progress)
+        print(f"segmented {len(records)} image(s); wrote {args.output}/ (images, class maps and segmentation.json)")
+        return 0
     records = detect(model, images, args.output, classes=state["classes"], device=distributed.resolve_device(args.device),
                      score_thresh=args.score_thresh, progress=not args.no_progress)
     total = sum(len(r["detections"]) for r in records)
@@ -115,8 +120,9 @@ def _shapes(args) -> int:
 def _models(args) -> int:
     from fastdet import models
 
+    tags = {"instance_segmentation": "  (masks)", "semantic_segmentation": "  (semantic segmentation)"}
     for name in models.list_models():
-        print(f"{name}{'  (masks)' if models.is_mask_model(name) else ''}")
+        print(f"{name}{tags.get(models.model_task(name), '')}")
     return 0
 
 
@@ -124,14 +130,15 @@ def add_subcommands(sub) -> None:
     """Adds train / eval / detect / shapes / models to the `fastdet` parser's subparsers (nothing is
     imported until a command runs: `fastdet info` must work with torch alone)."""
     sub.add_parser("models", help="list the zoo's model names").set_defaults(func=_models)
-    t = sub.add_parser("train", help="train a zoo detector (the generated shapes dataset by default)",
+    t = sub.add_parser("train", help="train a zoo detector or segmenter (the generated shapes dataset by default)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Train a zoo detector. Under torchrun (e.g. `torchrun --nproc_per_node 2 -m "
+                       description="Train a zoo detector or semantic segmenter. Under torchrun (e.g. `torchrun --nproc_per_node 2 -m "
                                    "fastdet.cli train ...`) the same command trains with DistributedDataParallel.")
     t.add_argument("--model", default="fasterrcnn_resnet18_fpn", metavar="NAME",
                    help="a zoo model (`fastdet models` lists them)")
     t.add_argument("--data", help="COCO-format folder (<root>/<split>/, <root>/annotations/instances_<split>.json); "
-                                  "default: generate the shapes dataset under OUTPUT/shapes")
+                                  "segmenters also read <root>/<split>/images + masks/ (PNG label maps) and Pascal "
+                                  "VOC; default: generate the shapes dataset under OUTPUT/shapes")
     t.add_argument("--output", default="runs/train", help="folder for last.pt, log.jsonl and the generated data")
     t.add_argument("--train-split", default="train")
     t.add_argument("--val-split", default="val", help="evaluated after epochs when present")
@@ -161,13 +168,17 @@ def add_subcommands(sub) -> None:
                         "box_batch_size_per_image=128, rpn_post_nms_top_n_train=300")
     t.add_argument("--shapes-images", type=int, default=256, help="generated training images (validation: a quarter)")
     t.add_argument("--shapes-image-size", type=int, default=128)
+    t.add_argument("--loss", choices=("ce", "dice", "ce_dice", "focal"), default="ce",
+                   help="segmenters: the per-pixel loss (ignore index 255)")
+    t.add_argument("--aux-weight", type=float, default=0.5, help="segmenters: weight of the auxiliary classifier's loss")
+    t.add_argument("--crop-size", type=int, help="segmenters: training crop (default: the shapes image size, else 480)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="COCO metrics of a checkpoint on a COCO-format folder",
+    e = sub.add_parser("eval", help="COCO metrics (detectors) or mIoU (segmenters) of a checkpoint on a data folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("checkpoint", help="a checkpoint written by `fastdet train`")
-    e.add_argument("--data", required=True, help="COCO-format folder")
+    e.add_argument("--data", required=True, help="data folder (as for train --data)")
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--workers", type=int, default=2)
@@ -177,7 +188,7 @@ def add_subcommands(sub) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_eval)
 
-    d = sub.add_parser("detect", help="draw a checkpoint's detections on images; write images + detections.json",
+    d = sub.add_parser("detect", help="draw a checkpoint's detections (or class maps) on images; write images + JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("checkpoint", help="a checkpoint written by `fastdet train`")
     d.add_argument("inputs", nargs="+", help="image files or folders")

@@ -1,4 +1,5 @@
-"""`fastdet detect`: run a trained detector over images and write annotated copies plus JSON."""
+"""`fastdet detect`: run a trained model over images and write annotated copies plus JSON: boxes
+(and instance masks) of a detector, the predicted class map of a semantic segmenter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch
 from .progress import bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# colour of class / label c: PALETTE[c % len(PALETTE)]
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
 
 
 def find_images(inputs: list[str | Path]) -> list[Path]:
@@ -50,14 +54,25 @@ def draw(image: torch.Tensor, det: dict, classes: list[str]) -> torch.Tensor:
     canvas = (image * 255).round().clamp(0, 255).to(torch.uint8)
     if len(det["boxes"]) == 0:
         return canvas
-    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-               (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
-    colors = [palette[int(l) % len(palette)] for l in det["labels"]]
+    colors = [PALETTE[int(l) % len(PALETTE)] for l in det["labels"]]
     if "masks" in det:
         canvas = draw_segmentation_masks(canvas, det["masks"][:, 0] > 0.5, alpha=0.45, colors=colors)
     names = [f"{classes[int(l)] if int(l) < len(classes) else int(l)} {float(s):.2f}"
              for l, s in zip(det["labels"], det["scores"])]
     return draw_bounding_boxes(canvas, det["boxes"], labels=names, colors=colors, width=2)
+
+
+def draw_class_map(image: torch.Tensor, class_map: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """uint8 [3,H,W]: every non-background class of ``class_map`` [H, W] blended over the image in
+    its PALETTE colour (alpha 0.5); background pixels keep the image."""
+    from torchvision.utils import draw_segmentation_masks
+
+    canvas = (image * 255).round().clamp(0, 255).to(torch.uint8)
+    present = [int(c) for c in class_map.unique() if int(c) != 0]
+    if not present:
+        return canvas
+    masks = torch.stack([class_map == c for c in present])
+    return draw_segmentation_masks(canvas, masks, alpha=alpha, colors=[PALETTE[c % len(PALETTE)] for c in present])
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -106,4 +121,49 @@ def detect(model, images: list[Path], output: str | Path, *, classes: list[str],
                             "width": image.shape[2], "height": image.shape[1], "detections": dets})
             pb.advance(task)
     (out / "detections.json").write_text(json.dumps(records, indent=1))
+    return records
+
+
+def _save_class_map(class_map: torch.Tensor, path: Path) -> None:
+    """A palette PNG whose pixel values are the class indices (readable as a label map)."""
+    from PIL import Image
+
+    im = Image.fromarray(class_map.to(torch.uint8).numpy(), mode="L").convert("P")
+    im.putpalette([v for c in range(256) for v in (PALETTE[c % len(PALETTE)] if c else (0, 0, 0))])
+    im.save(path)
+
+
+@torch.no_grad()
+def segment(model, images: list[Path], output: str | Path, *, classes: list[str], device: torch.device,
+            progress: bool = True) -> list[dict]:
+    """Runs a semantic segmenter (inputs normalised with the ImageNet statistics, as in training) and
+    writes `<output>/<stem>.png` (the predicted classes blended over the image), `<output>/<stem>_mask.png`
+    (the class map as a palette PNG of class indices) and `<output>/segmentation.json` (one record per
+    image: file, outputs, width, height, and per class present its pixel count and colour, None for
+    the undrawn background). Returns the records."""
+    from PIL import Image
+
+    from fastdet.data.transforms import Normalize
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to(device)
+    normalize = Normalize()
+    records = []
+    names: set[str] = set()
+    with bar(progress) as pb:
+        task = pb.add_task("segmenting", total=len(images), info="")
+        for path in images:
+            image = read_image(path)
+            class_map = model(normalize(image)[0][None].to(device))["out"][0].argmax(0).cpu()
+            name = _unique_name(path.stem, names)
+            Image.fromarray(draw_class_map(image, class_map).permute(1, 2, 0).numpy()).save(out / f"{name}.png")
+            _save_class_map(class_map, out / f"{name}_mask.png")
+            counts = torch.bincount(class_map.flatten(), minlength=len(classes))
+            pixels = {classes[c] if c < len(classes) else str(c): {"pixels": int(n), "color": list(PALETTE[c % len(PALETTE)]) if c else None}
+                      for c, n in enumerate(counts.tolist()) if n}
+            records.append({"file": str(path), "output": str(out / f"{name}.png"), "mask": str(out / f"{name}_mask.png"),
+                            "width": image.shape[2], "height": image.shape[1], "classes": pixels})
+            pb.advance(task)
+    (out / "segmentation.json").write_text(json.dumps(records, indent=1))
     return records

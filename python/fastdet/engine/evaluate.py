@@ -1,4 +1,5 @@
-"""COCO evaluation of a detector over a dataset (`fastdet eval`, and after each training epoch)."""
+"""Evaluation over a dataset (`fastdet eval`, and after each training epoch): COCO metrics of a
+detector, mIoU / pixel accuracy of a semantic segmenter."""
 
 from __future__ import annotations
 
@@ -26,6 +27,28 @@ def evaluate(model, loader: DataLoader, ctx: distributed.Context, *, coco_gt, la
             outputs = model([img.to(ctx.device) for img in images])
             evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in out.items()}
                               for t, out in zip(targets, outputs)})
+            pb.advance(task)
+    evaluator.synchronize()
+    model.train(was_training)
+    return evaluator.summarize()
+
+
+@torch.no_grad()
+def evaluate_segmentation(model, loader: DataLoader, ctx: distributed.Context, *, classes: list[str],
+                          progress: bool = True) -> dict:
+    """Runs a segmenter in eval mode over `loader` (batches of (images [B, 3, H, W], labels
+    [B, H, W]) padded with the ignore index) and returns SegmentationEvaluator.summarize() of the
+    confusion matrix summed over all ranks under torchrun."""
+    from fastdet.evaluation import SegmentationEvaluator
+
+    was_training = model.training
+    model.eval()
+    evaluator = SegmentationEvaluator(len(classes), classes=classes)
+    with bar(progress and ctx.is_main) as pb:
+        task = pb.add_task("evaluating", total=len(loader), info="")
+        for images, labels in loader:
+            logits = model(images.to(ctx.device))["out"]
+            evaluator.update(logits.argmax(1), labels.to(ctx.device))
             pb.advance(task)
     evaluator.synchronize()
     model.train(was_training)

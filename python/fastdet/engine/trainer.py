@@ -1,9 +1,11 @@
-"""`fastdet train`: training a zoo detector on a COCO-format folder (the shapes dataset by default).
+"""`fastdet train`: training a zoo model on a data folder (the generated shapes dataset by default).
 
-One loop for every zoo model (they all return a dict of losses in train mode): SGD or AdamW,
+One loop for every zoo model; its task (fastdet.engine.tasks: detection or semantic segmentation)
+decides how the data is read and batched, how a batch gives a dict of losses, and the evaluation
+(COCO mAP or mIoU). SGD or AdamW,
 linear warm-up then step or cosine decay per iteration, optional mixed precision (fp16 + GradScaler
 on CUDA, bf16 on CPU), gradient clipping, a checkpoint after every epoch (`last.pt`, resumable),
-COCO evaluation on the validation split, a progress bar with the losses and the ETA, and a
+evaluation on the validation split, a progress bar with the losses and the ETA, and a
 `log.jsonl` with one line per epoch. Under `torchrun` the same command trains with DDP.
 """
 
@@ -18,8 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from . import checkpoint, distributed
-from .evaluate import evaluate
+from . import checkpoint, distributed, tasks
 from .progress import bar
 from .schedule import WarmupSchedule
 
@@ -27,7 +28,7 @@ from .schedule import WarmupSchedule
 @dataclass
 class TrainConfig:
     model: str = "fasterrcnn_resnet18_fpn"
-    data: str | None = None            # COCO-format folder; None -> generate shapes under output/shapes
+    data: str | None = None            # data folder (COCO; segmenters also image+mask / VOC); None -> generated shapes
     output: str = "runs/train"
     train_split: str = "train"
     val_split: str = "val"             # evaluated after epochs when the folder has it
@@ -52,24 +53,30 @@ class TrainConfig:
     shapes_images: int = 256           # size of the generated training split (val: a quarter)
     shapes_image_size: int = 128
     progress: bool = True
+    # semantic segmenters only
+    loss: str = "ce"                   # ce | dice | ce_dice | focal (fastdet.models.segmentation.losses)
+    aux_weight: float = 0.5            # weight of the auxiliary classifier's loss
+    crop_size: int | None = None       # training crop; None -> the shapes image size, or 480 on other data
 
 
 # Builder arguments used when training on the generated shapes data (small images, objects of
 # ~10-120 px, from scratch); the user's model_kwargs override them. Inputs are not upscaled to
 # torchvision's 800 px, the box head is 256 wide instead of 1024 (its two FC layers would otherwise
 # take most of a CPU step), the mask head 64 instead of 256, and fewer proposals/RoIs are kept per
-# image. Keyed by the model family (the name's first part).
+# image. A U-Net is 16 channels wide at full resolution instead of 64 (a 128 px batch is then
+# ~16x cheaper, and 3 shape classes need no more). Keyed by the model family (the name's first part).
 _RCNN_SMALL = dict(representation_size=256, box_batch_size_per_image=128, rpn_pre_nms_top_n_train=600,
                    rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100)
-SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, mask_head_width=64)}
+SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, mask_head_width=64),
+                       "unet": dict(base_width=16)}
 
 
 def model_kwargs_for(cfg: TrainConfig, num_classes: int) -> dict:
     """The builder's keyword arguments: num_classes from the data, the shapes preset when the data
-    is generated, then the user's model_kwargs."""
+    is generated (the task's, then SHAPES_MODEL_KWARGS), then the user's model_kwargs."""
     kwargs: dict = {}
     if cfg.data is None:
-        kwargs.update(min_size=cfg.shapes_image_size, max_size=cfg.shapes_image_size)
+        kwargs.update(tasks.for_model(cfg.model).model_kwargs(cfg, generated=True))
         kwargs.update(SHAPES_MODEL_KWARGS.get(cfg.model.split("_")[0], {}))
     kwargs.update(cfg.model_kwargs)
     kwargs["num_classes"] = num_classes
@@ -92,16 +99,22 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError("warmup_iters, workers and eval_every must be >= 0")
     if cfg.clip_grad is not None and not cfg.clip_grad > 0:
         raise ValueError(f"clip_grad must be > 0, got {cfg.clip_grad}")
+    from fastdet.models.segmentation.losses import LOSSES
+
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.crop_size is not None and cfg.crop_size < 1:
+        raise ValueError(f"crop_size must be >= 1, got {cfg.crop_size}")
+    if not cfg.aux_weight >= 0:
+        raise ValueError(f"aux_weight must be >= 0, got {cfg.aux_weight}")
 
 
-def prepare_data(cfg: TrainConfig, ctx: distributed.Context) -> Path:
-    """The data folder: cfg.data (must exist), or shapes generated once under output/shapes."""
+def prepare_data(cfg: TrainConfig, ctx: distributed.Context, task) -> Path:
+    """The data folder: cfg.data (checked by the task), or shapes generated once under output/shapes
+    (COCO layout, which every task reads)."""
     if cfg.data is not None:
         root = Path(cfg.data)
-        ann = root / "annotations" / f"instances_{cfg.train_split}.json"
-        if not ann.is_file():
-            raise FileNotFoundError(f"data folder {str(root)!r} has no {ann.relative_to(root)} "
-                                    "(expected COCO layout: <root>/<split>/ images, <root>/annotations/instances_<split>.json)")
+        task.check_data(root, cfg.train_split)
         return root
     from fastdet.data import generate_shapes
 
@@ -116,9 +129,7 @@ def prepare_data(cfg: TrainConfig, ctx: distributed.Context) -> Path:
     return root
 
 
-def _loader(dataset, cfg: TrainConfig, ctx: distributed.Context, *, train: bool) -> DataLoader:
-    from fastdet.data import collate_fn
-
+def _loader(dataset, cfg: TrainConfig, ctx: distributed.Context, *, train: bool, task) -> DataLoader:
     if ctx.distributed:
         sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
     elif train:
@@ -126,7 +137,7 @@ def _loader(dataset, cfg: TrainConfig, ctx: distributed.Context, *, train: bool)
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      collate_fn=collate_fn, persistent_workers=False)
+                      collate_fn=task.collate, persistent_workers=False)
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -150,28 +161,27 @@ def fit(cfg: TrainConfig) -> dict:
     """Trains as configured and returns {"epoch", "losses", "metrics", "checkpoint", "iterations",
     "world_size"} of the last epoch (the same record `log.jsonl` gets per epoch)."""
     from fastdet import models
-    from fastdet.data import build_coco_dataset
 
     _check(cfg)
     ctx = distributed.init(cfg.device)
     try:
-        return _fit(cfg, ctx, models, build_coco_dataset)
+        return _fit(cfg, ctx, models)
     finally:
         distributed.shutdown(ctx)
 
 
-def _fit(cfg, ctx, models, build_coco_dataset) -> dict:
+def _fit(cfg, ctx, models) -> dict:
     torch.manual_seed(cfg.seed + ctx.rank)
     out = Path(cfg.output)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    root = prepare_data(cfg, ctx)
-    masks = models.is_mask_model(cfg.model)
-    train_set = build_coco_dataset(root, cfg.train_split, train=True, masks=masks)
-    has_val = (root / "annotations" / f"instances_{cfg.val_split}.json").is_file()
-    val_set = build_coco_dataset(root, cfg.val_split, train=False, masks=masks) if has_val else None
-    train_loader = _loader(train_set, cfg, ctx, train=True)
-    val_loader = _loader(val_set, cfg, ctx, train=False) if has_val else None
+    task = tasks.for_model(cfg.model)
+    root = prepare_data(cfg, ctx, task)
+    train_set = task.dataset(root, cfg.train_split, train=True, cfg=cfg)
+    has_val = task.has_split(root, cfg.val_split)
+    val_set = task.dataset(root, cfg.val_split, train=False, cfg=cfg) if has_val else None
+    train_loader = _loader(train_set, cfg, ctx, train=True, task=task)
+    val_loader = _loader(val_set, cfg, ctx, train=False, task=task) if has_val else None
 
     state = checkpoint.load(cfg.resume) if cfg.resume else None
     model_kwargs = model_kwargs_for(cfg, len(train_set.classes))
@@ -212,18 +222,18 @@ def _fit(cfg, ctx, models, build_coco_dataset) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        losses = _train_one_epoch(model, train_loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype)
+        losses = _train_one_epoch(model, task, train_loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype)
         ckpt_path = out / "last.pt"
         if ctx.is_main:
             checkpoint.save(ckpt_path, model=core, model_name=cfg.model, model_kwargs=model_kwargs,
-                            classes=train_set.classes, label_to_cat_id=train_set.label_to_cat_id, epoch=epoch + 1,
+                            classes=train_set.classes, label_to_cat_id=getattr(train_set, "label_to_cat_id", {}),
+                            epoch=epoch + 1,
                             optimizer=optimizer, lr_scheduler=scheduler, scaler=scaler,
                             config=_jsonable(asdict(cfg)))
         metrics = None
         last = epoch + 1 == cfg.epochs
         if val_loader is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-            metrics = evaluate(core, val_loader, ctx, coco_gt=val_set.coco, label_to_cat_id=val_set.label_to_cat_id,
-                               masks=masks, progress=cfg.progress)
+            metrics = task.evaluate(core, val_loader, val_set, ctx, progress=cfg.progress)
         result = {"epoch": epoch + 1, "losses": losses, "metrics": metrics, "checkpoint": str(ckpt_path),
                   "iterations": iters_per_epoch, "world_size": ctx.world_size}
         if ctx.is_main:
@@ -236,17 +246,16 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def _train_one_epoch(model, loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype) -> dict[str, float]:
+def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, ctx, cfg, epoch, amp_dtype) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
     count = 0
     with bar(cfg.progress and ctx.is_main) as pb:
-        task = pb.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
+        row = pb.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), info="")
         for images, targets in loader:
-            images = [img.to(ctx.device, non_blocking=True) for img in images]
-            targets = [{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+            images, targets = task.to_device(images, targets, ctx.device)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=cfg.amp):
-                loss_dict = model(images, targets)
+                loss_dict = task.losses(model, images, targets, cfg)
             loss = sum(loss_dict.values())
             if not torch.isfinite(loss):
                 raise RuntimeError(f"fastdet train: the loss became {loss.item()} at epoch {epoch + 1}, iteration "
@@ -264,5 +273,5 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, ctx, cfg, epoc
             for k, v in loss_dict.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            pb.update(task, advance=1, info=f"loss {sums['loss'] / count:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
+            pb.update(row, advance=1, info=f"loss {sums['loss'] / count:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
     return distributed.mean_across_ranks({k: v / max(1, count) for k, v in sums.items()}, ctx)
