@@ -16,15 +16,6 @@ COMMON = ["--epochs", "1", "--batch-size", "3", "--workers", "0", "--warmup-iter
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    assert main(["shapes", str(root), "--split", "train", "--num-images", "6", "--image-size", "48", "--no-progress"]) == 0
-    assert main(["shapes", str(root), "--split", "val", "--num-images", "3", "--image-size", "48", "--seed", "1",
-                 "--no-progress"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--crop-size", "32", *COMMON]) == 0
@@ -82,11 +73,11 @@ def test_detect_writes_blended_images_class_maps_and_json(shapes, trained, tmp_p
     assert len(records) == 3
     for r in records:
         with Image.open(r["output"]) as im:
-            assert im.size == (48, 48) and im.mode == "RGB"
+            assert im.size == (64, 64) and im.mode == "RGB"
         with Image.open(r["mask"]) as m:
             class_map = np.asarray(m)
-            assert m.mode == "P" and class_map.shape == (48, 48)
-        assert sum(c["pixels"] for c in r["classes"].values()) == 48 * 48
+            assert m.mode == "P" and class_map.shape == (64, 64)
+        assert sum(c["pixels"] for c in r["classes"].values()) == 64 * 64
         for name, c in r["classes"].items():
             assert c["pixels"] == int((class_map == ["__background__", "rectangle", "ellipse", "triangle"].index(name)).sum())
 

@@ -17,15 +17,6 @@ MODEL = ["--model", "fasterrcnn_resnet18_fpn", "--min-size", "64", "--max-size",
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    assert main(["shapes", str(root), "--split", "train", "--num-images", "6", "--image-size", "64", "--no-progress"]) == 0
-    assert main(["shapes", str(root), "--split", "val", "--num-images", "3", "--image-size", "64", "--seed", "1",
-                 "--no-progress"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     rc = main(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--epochs", "1", "--batch-size", "3",

@@ -95,33 +95,38 @@ def detect(model, images: list[Path], output: str | Path, *, classes: list[str],
 
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+    records = []
+    for path, image, out_stem in _each_image(model, images, output, device, progress, "detecting"):
+        det = model([image.to(device)])[0]
+        keep = det["scores"] >= score_thresh
+        det = {k: v[keep].cpu() for k, v in det.items()}
+        Image.fromarray(draw(image, det, classes).permute(1, 2, 0).numpy()).save(f"{out_stem}.png")
+        dets = []
+        for i in range(len(det["boxes"])):
+            label = int(det["labels"][i])
+            rec = {"box": [round(float(v), 2) for v in det["boxes"][i]], "score": round(float(det["scores"][i]), 4),
+                   "label": label, "class": classes[label] if label < len(classes) else str(label)}
+            if "masks" in det:
+                rec["mask_area"] = int((det["masks"][i, 0] > 0.5).sum())
+            dets.append(rec)
+        records.append({"file": str(path), "output": f"{out_stem}.png",
+                        "width": image.shape[2], "height": image.shape[1], "detections": dets})
+    (Path(output) / "detections.json").write_text(json.dumps(records, indent=1))
+    return records
+
+
+def _each_image(model, images: list[Path], output, device, progress: bool, what: str):
+    """Puts the model in eval mode on `device`, makes `output`, and yields (path, image float [3,H,W],
+    output path stem `<output>/<unique name>`) per image, advancing a progress bar."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().to(device)
-    records = []
     names: set[str] = set()
     with bar(progress) as pb:
-        task = pb.add_task("detecting", total=len(images), info="")
+        row = pb.add_task(what, total=len(images), info="")
         for path in images:
-            image = read_image(path)
-            det = model([image.to(device)])[0]
-            keep = det["scores"] >= score_thresh
-            det = {k: v[keep].cpu() for k, v in det.items()}
-            name = _unique_name(path.stem, names)
-            Image.fromarray(draw(image, det, classes).permute(1, 2, 0).numpy()).save(out / f"{name}.png")
-            dets = []
-            for i in range(len(det["boxes"])):
-                label = int(det["labels"][i])
-                rec = {"box": [round(float(v), 2) for v in det["boxes"][i]], "score": round(float(det["scores"][i]), 4),
-                       "label": label, "class": classes[label] if label < len(classes) else str(label)}
-                if "masks" in det:
-                    rec["mask_area"] = int((det["masks"][i, 0] > 0.5).sum())
-                dets.append(rec)
-            records.append({"file": str(path), "output": str(out / f"{name}.png"),
-                            "width": image.shape[2], "height": image.shape[1], "detections": dets})
-            pb.advance(task)
-    (out / "detections.json").write_text(json.dumps(records, indent=1))
-    return records
+            yield path, read_image(path), str(out / _unique_name(path.stem, names))
+            pb.advance(row)
 
 
 def _save_class_map(class_map: torch.Tensor, path: Path) -> None:
@@ -145,25 +150,17 @@ def segment(model, images: list[Path], output: str | Path, *, classes: list[str]
 
     from fastdet.data.transforms import Normalize
 
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    model.eval().to(device)
     normalize = Normalize()
     records = []
-    names: set[str] = set()
-    with bar(progress) as pb:
-        task = pb.add_task("segmenting", total=len(images), info="")
-        for path in images:
-            image = read_image(path)
-            class_map = model(normalize(image)[0][None].to(device))["out"][0].argmax(0).cpu()
-            name = _unique_name(path.stem, names)
-            Image.fromarray(draw_class_map(image, class_map).permute(1, 2, 0).numpy()).save(out / f"{name}.png")
-            _save_class_map(class_map, out / f"{name}_mask.png")
-            counts = torch.bincount(class_map.flatten(), minlength=len(classes))
-            pixels = {classes[c] if c < len(classes) else str(c): {"pixels": int(n), "color": list(PALETTE[c % len(PALETTE)]) if c else None}
-                      for c, n in enumerate(counts.tolist()) if n}
-            records.append({"file": str(path), "output": str(out / f"{name}.png"), "mask": str(out / f"{name}_mask.png"),
-                            "width": image.shape[2], "height": image.shape[1], "classes": pixels})
-            pb.advance(task)
-    (out / "segmentation.json").write_text(json.dumps(records, indent=1))
+    for path, image, out_stem in _each_image(model, images, output, device, progress, "segmenting"):
+        class_map = model(normalize(image)[0][None].to(device))["out"][0].argmax(0).cpu()
+        Image.fromarray(draw_class_map(image, class_map).permute(1, 2, 0).numpy()).save(f"{out_stem}.png")
+        _save_class_map(class_map, Path(f"{out_stem}_mask.png"))
+        counts = torch.bincount(class_map.flatten(), minlength=len(classes))
+        pixels = {classes[c] if c < len(classes) else str(c):
+                  {"pixels": int(n), "color": list(PALETTE[c % len(PALETTE)]) if c else None}
+                  for c, n in enumerate(counts.tolist()) if n}
+        records.append({"file": str(path), "output": f"{out_stem}.png", "mask": f"{out_stem}_mask.png",
+                        "width": image.shape[2], "height": image.shape[1], "classes": pixels})
+    (Path(output) / "segmentation.json").write_text(json.dumps(records, indent=1))
     return records
