@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +46,10 @@ def read_state_dict(fn: str, path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def load_weights(fn: str, module: nn.Module, path: Path) -> None:
+def load_weights(fn: str, module: nn.Module, path: Path, frozen_bn_eps: float | None = None) -> None:
     """Load a local state dict strictly (old-style torchvision key names accepted); a mismatch is a
-    RuntimeError naming the missing and unexpected keys."""
+    RuntimeError naming the missing and unexpected keys. ``frozen_bn_eps``: then set the eps of every
+    FrozenBatchNorm2d (0 for the checkpoints torchvision loads with ``overwrite_eps(model, 0.0)``)."""
     state = read_state_dict(fn, path)
     try:
         result = module.load_state_dict(state, strict=False)
@@ -58,15 +60,18 @@ def load_weights(fn: str, module: nn.Module, path: Path) -> None:
             return ", ".join(keys[:10]) + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "") if keys else "none"
         raise RuntimeError(f"{fn}: {path} does not match the model: missing keys: {show(result.missing_keys)}; "
                            f"unexpected keys: {show(result.unexpected_keys)}")
+    if frozen_bn_eps is not None:
+        set_frozen_bn_eps(module, frozen_bn_eps)
 
 
-def num_classes_from(fn: str, path: Path | None, num_classes, key: str, default: int = 91) -> int:
-    """num_classes: as given, else the first dimension of the checkpoint's classifier weight ``key``,
+def num_classes_from(fn: str, path: Path | None, num_classes, key: str, default: int = 91, per_class: int = 1) -> int:
+    """num_classes: as given, else the first dimension of the checkpoint's classifier weight ``key``
+    divided by ``per_class`` (the outputs per class, e.g. anchors per location of a dense head),
     else ``default`` (91: COCO with background)."""
     if num_classes is not None or path is None:
         return default if num_classes is None else num_classes
     w = read_state_dict(fn, path).get(key)
-    return int(w.shape[0]) if w is not None else default
+    return int(w.shape[0]) // per_class if w is not None else default
 
 
 def trainable_layers(fn: str, is_trained: bool, value, max_value: int, default: int) -> int:
@@ -87,3 +92,27 @@ def set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.eps = eps
+
+
+class WeightsPlan(NamedTuple):
+    """What a builder's weights arguments resolve to (see resolve_weights)."""
+
+    path: Path | None           # the whole model's checkpoint
+    backbone_path: Path | None  # the backbone body's classification checkpoint (None when path is given)
+    num_classes: int
+    is_trained: bool            # either checkpoint given: torchvision then freezes BatchNorm and layers
+    trainable_layers: int
+
+
+def resolve_weights(fn: str, *, weights, weights_backbone, num_classes, trainable_backbone_layers,
+                    classifier_key: str, per_class: int = 1, max_layers: int = 5, default_layers: int = 3
+                    ) -> WeightsPlan:
+    """torchvision's builder preamble: weights win over weights_backbone, num_classes defaults to the
+    checkpoint's (classifier weight ``classifier_key``, ``per_class`` rows per class) or 91,
+    trainable layers checked."""
+    path = local_path(fn, "weights", weights)
+    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
+    is_trained = path is not None or backbone_path is not None
+    num_classes = num_classes_from(fn, path, num_classes, classifier_key, per_class=per_class)
+    layers = trainable_layers(fn, is_trained, trainable_backbone_layers, max_layers, default_layers)
+    return WeightsPlan(path, backbone_path, num_classes, is_trained, layers)

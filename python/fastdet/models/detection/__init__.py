@@ -2,7 +2,8 @@
 this package merges them into one."""
 
 from .anchors import AnchorGenerator
-from . import faster_rcnn
+from . import faster_rcnn, fcos, retinanet
+from .dense import DenseDetector
 from .faster_rcnn import (
     FasterRCNN,
     GeneralizedRCNN,
@@ -16,6 +17,16 @@ from .faster_rcnn import (
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
+from .fcos import FCOS, FCOSHead, FCOSRegressionHead, fcos_resnet18_fpn, fcos_resnet50_fpn
+from .retinanet import (
+    RetinaNet,
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+    RetinaNetRegressionHead,
+    retinanet_resnet18_fpn,
+    retinanet_resnet50_fpn,
+    retinanet_resnet50_fpn_v2,
+)
 from .roi_heads import (
     FastRCNNConvFCHead,
     FastRCNNPredictor,
@@ -28,10 +39,11 @@ from .roi_heads import (
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
 
-BUILDERS = {**faster_rcnn.BUILDERS}
+BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
     "RPNHead", "RoIHeads", "TwoMLPHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads",
-    "MaskRCNNPredictor", "paste_masks_in_image", *BUILDERS,
+    "MaskRCNNPredictor", "paste_masks_in_image", "DenseDetector", "RetinaNet", "RetinaNetHead",
+    "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead", *BUILDERS,
 ]

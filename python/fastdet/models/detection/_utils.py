@@ -1,13 +1,14 @@
-"""Box coding, matching and sampling for the two-stage detectors.
+"""Box coding, matching, sampling and input checks shared by the detectors.
 
 The numerics follow torchvision.models.detection._utils (Faster R-CNN, Ren et al. 2015; the
-delta parametrisation of R-CNN, Girshick et al. 2014) so that torchvision weights give the same
-detections; the implementation is fastdet's.
+delta parametrisation of R-CNN, Girshick et al. 2014; FCOS's linear coding, Tian et al. 2019) so
+that torchvision weights give the same detections; the implementation is fastdet's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,47 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU matrix Tensor[N, M] of xyxy boxes via fastdet.ops.box_iou with eps=0 (torchvision's exact
     values, which matching thresholds are tuned for)."""
     return ops.box_iou(boxes1, boxes2, eps=0.0)
+
+
+def anchor_major(x: Tensor, c: int) -> Tensor:
+    """A head's per-level map Tensor[B, A * c, H, W] -> Tensor[B, H * W * A, c] in anchor order
+    (location-major, then anchor), the order of AnchorGenerator's anchors."""
+    b, _, h, w = x.shape
+    return x.reshape(b, -1, c, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, c)
+
+
+def check_detector_inputs(name: str, images, targets, training: bool) -> None:
+    """The call contract every detector shares: images a non-empty list of Tensor[C, H, W];
+    targets (required in training) one dict per image with boxes Tensor[N, 4]. Errors name the model."""
+    if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
+        raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
+    for i, im in enumerate(images):
+        if im.dim() != 3:
+            raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
+    if training and targets is None:
+        raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
+    if targets is None:
+        return
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
+    for i, t in enumerate(targets):
+        boxes = t.get("boxes") if isinstance(t, Mapping) else None
+        if not isinstance(boxes, Tensor):
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
+
+
+def check_positive_boxes(name: str, targets: list[dict]) -> None:
+    """Every target box (after resizing) has a positive width and height."""
+    for i, t in enumerate(targets):
+        bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
+        if bad.any():
+            box = t["boxes"][torch.where(bad)[0][0]].tolist()
+            raise ValueError(f"{name}: targets[{i}]['boxes'] has a box with no positive width and height: {box} "
+                             f"(after resizing)")
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -85,6 +127,36 @@ class BoxCoder:
         half_w = 0.5 * (torch.exp(dw) * w[:, None])
         half_h = 0.5 * (torch.exp(dh) * h[:, None])
         return torch.stack((px - half_w, py - half_h, px + half_w, py + half_h), dim=2)
+
+
+class LinearBoxCoder:
+    """FCOS's box coding (Tian et al. 2019): the distances (l, t, r, b) from a reference box's centre
+    to the four sides of a box, divided by the reference box's width / height when
+    ``normalize_by_size``. Works on any leading shape Tensor[..., 4]."""
+
+    def __init__(self, normalize_by_size: bool = True):
+        self.normalize_by_size = normalize_by_size
+
+    def _scale(self, references: Tensor) -> Tensor:
+        w = references[..., 2] - references[..., 0]
+        h = references[..., 3] - references[..., 1]
+        return torch.stack((w, h, w, h), dim=-1)
+
+    def encode(self, references: Tensor, boxes: Tensor) -> Tensor:
+        """(l, t, r, b) of boxes seen from the centres of references (argument order as torchvision's)."""
+        cx = 0.5 * (references[..., 0] + references[..., 2])
+        cy = 0.5 * (references[..., 1] + references[..., 3])
+        d = torch.stack((cx - boxes[..., 0], cy - boxes[..., 1], boxes[..., 2] - cx, boxes[..., 3] - cy), dim=-1)
+        return d / self._scale(references) if self.normalize_by_size else d
+
+    def decode(self, codes: Tensor, references: Tensor) -> Tensor:
+        """xyxy boxes from (l, t, r, b) codes around the centres of references (same shapes)."""
+        references = references.to(codes.dtype)
+        cx = 0.5 * (references[..., 0] + references[..., 2])
+        cy = 0.5 * (references[..., 1] + references[..., 3])
+        if self.normalize_by_size:
+            codes = codes * self._scale(references)
+        return torch.stack((cx - codes[..., 0], cy - codes[..., 1], cx + codes[..., 2], cy + codes[..., 3]), dim=-1)
 
 
 class Matcher:

@@ -11,23 +11,22 @@ Nothing is ever downloaded: ``weights`` / ``weights_backbone`` take a local file
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from fastdet.ops import MultiScaleRoIAlign
 
-from .._weights import load_weights, local_path, num_classes_from, set_frozen_bn_eps, trainable_layers
+from .._weights import load_weights, resolve_weights
+from ._utils import check_detector_inputs, check_positive_boxes
 from .anchors import AnchorGenerator
+from .backbones import resnet_fpn
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
 
 try:
     import torchvision
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
     from torchvision.ops import FrozenBatchNorm2d
 except ImportError as e:  # pragma: no cover - torchvision is a declared dependency of the zoo
     raise ImportError("fastdet.models needs torchvision for its backbones: pip install 'fastdet[zoo]'") from e
@@ -53,39 +52,12 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    def _check_inputs(self, images, targets) -> None:
-        name = type(self).__name__
-        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
-            raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
-        if len(images) == 0:
-            raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
-        for i, im in enumerate(images):
-            if im.dim() != 3:
-                raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
-        if self.training and targets is None:
-            raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
-        if targets is None:
-            return
-        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-            raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
-        for i, t in enumerate(targets):
-            boxes = t.get("boxes") if isinstance(t, Mapping) else None
-            if not isinstance(boxes, Tensor):
-                raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
-            if boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
-
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        self._check_inputs(images, targets)
+        check_detector_inputs(type(self).__name__, images, targets, self.training)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets = self.transform(list(images), targets)
         if targets is not None:
-            for i, t in enumerate(targets):
-                bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
-                if bad.any():
-                    box = t["boxes"][torch.where(bad)[0][0]].tolist()
-                    raise ValueError(f"{type(self).__name__}: targets[{i}]['boxes'] has a box with no positive "
-                                     f"width and height: {box} (after resizing)")
+            check_positive_boxes(type(self).__name__, targets)
         features = self.backbone(batch.tensors)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
@@ -188,36 +160,25 @@ class MaskRCNN(FasterRCNN):
 # ---- building -------------------------------------------------------------------------------------------
 
 
-def _resnet_fpn(fn: str, depth: int, backbone_path: Path | None, is_trained: bool, trainable_layers: int,
-                v2: bool) -> nn.Module:
-    ctor = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}[depth]
-    if v2:  # Faster R-CNN v2 (Li et al. 2021 recipe): BatchNorm everywhere, also in the FPN
-        body = ctor(weights=None)
-    else:
-        body = ctor(weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
-    if backbone_path is not None:
-        load_weights(fn, body, backbone_path)
-    return _resnet_fpn_extractor(body, trainable_layers, norm_layer=nn.BatchNorm2d if v2 else None)
-
-
 def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights_backbone, num_classes,
            trainable_backbone_layers, kwargs) -> GeneralizedRCNN:
-    path = local_path(fn, "weights", weights)
-    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
-    num_classes = num_classes_from(fn, path, num_classes, "roi_heads.box_predictor.cls_score.weight")
-    is_trained = path is not None or backbone_path is not None
+    plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+                           trainable_backbone_layers=trainable_backbone_layers,
+                           classifier_key="roi_heads.box_predictor.cls_score.weight",
+                           max_layers=6 if depth is None else 5)
+    path, num_classes = plan.path, plan.num_classes
+    frozen_or_bn = FrozenBatchNorm2d if plan.is_trained else nn.BatchNorm2d
     if depth is None:  # MobileNetV3-Large FPN
-        layers = trainable_layers(fn, is_trained, trainable_backbone_layers, 6, 3)
-        body = torchvision.models.mobilenet_v3_large(
-            weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
-        if backbone_path is not None:
-            load_weights(fn, body, backbone_path)
-        backbone = _mobilenet_extractor(body, True, layers)
+        body = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=frozen_or_bn)
+        if plan.backbone_path is not None:
+            load_weights(fn, body, plan.backbone_path)
+        backbone = _mobilenet_extractor(body, True, plan.trainable_layers)
         sizes = ((32, 64, 128, 256, 512),) * 3
         kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes)))
-    else:
-        layers = trainable_layers(fn, is_trained, trainable_backbone_layers, 5, 3)
-        backbone = _resnet_fpn(fn, depth, backbone_path, is_trained, layers, v2)
+    else:  # v2 (Li et al. 2021 recipe): BatchNorm everywhere, also in the FPN
+        backbone = resnet_fpn(fn, depth, plan.backbone_path, plan.trainable_layers,
+                              body_norm_layer=nn.BatchNorm2d if v2 else frozen_or_bn,
+                              fpn_norm_layer=nn.BatchNorm2d if v2 else None)
     if v2:
         anchors = default_anchor_generator()
         kwargs.setdefault("rpn_anchor_generator", anchors)
@@ -229,11 +190,8 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
     cls = MaskRCNN if mask else FasterRCNN
     model = cls(backbone, num_classes=num_classes, **kwargs)
     if path is not None:
-        load_weights(fn, model, path)
-        if depth == 50 and not v2:
-            # torchvision's published v1 COCO checkpoints were trained with FrozenBatchNorm eps = 0
-            # (torchvision applies overwrite_eps(model, 0.0) when it loads them)
-            set_frozen_bn_eps(model, 0.0)
+        # torchvision's published v1 ResNet-50 COCO checkpoints were trained with FrozenBatchNorm eps = 0
+        load_weights(fn, model, path, frozen_bn_eps=0.0 if depth == 50 and not v2 else None)
     return model
 
 

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from fastdet import ops
 
-from ._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher, clip_boxes, keep_large, pairwise_iou
+from ._utils import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, anchor_major, clip_boxes, keep_large,
+                     pairwise_iou)
 
 
 def conv_block(in_channels: int, out_channels: int, norm_layer=None, kernel_size: int = 3, dilation: int = 1
@@ -72,13 +73,9 @@ def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Ten
     """[B, A*C, H, W] per level -> Tensor[B * sum(H*W*A), C] in anchor order (location-major, then
     anchor), for the logits (C = 1 here) and the deltas (C = 4)."""
 
-    def flat(x: Tensor, c: int) -> Tensor:
-        b, _, h, w = x.shape
-        return x.reshape(b, -1, c, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, c)
-
     a = [d.shape[1] // 4 for d in deltas]
-    cls = torch.cat([flat(x, x.shape[1] // n) for x, n in zip(logits, a)], dim=1)
-    reg = torch.cat([flat(x, 4) for x in deltas], dim=1)
+    cls = torch.cat([anchor_major(x, x.shape[1] // n) for x, n in zip(logits, a)], dim=1)
+    reg = torch.cat([anchor_major(x, 4) for x in deltas], dim=1)
     return cls.flatten(0, -2), reg.reshape(-1, 4)
 
 
