@@ -60,13 +60,15 @@ def load_weights(fn: str, module: nn.Module, path: Path) -> None:
                            f"unexpected keys: {show(result.unexpected_keys)}")
 
 
-def num_classes_from(fn: str, path: Path | None, num_classes, key: str, default: int = 91) -> int:
-    """num_classes: as given, else the first dimension of the checkpoint's classifier weight ``key``,
-    else ``default`` (91: COCO with background)."""
+def num_classes_from(fn: str, path: Path | None, num_classes, key: str, default: int = 91,
+                     rows_per_class: int = 1) -> int:
+    """num_classes: as given, else the first dimension of the checkpoint's classifier weight ``key``
+    divided by ``rows_per_class`` (SSD's classifiers have one row per class and default box of a
+    location), else ``default`` (91: COCO with background)."""
     if num_classes is not None or path is None:
         return default if num_classes is None else num_classes
     w = read_state_dict(fn, path).get(key)
-    return int(w.shape[0]) if w is not None else default
+    return int(w.shape[0]) // rows_per_class if w is not None else default
 
 
 def trainable_layers(fn: str, is_trained: bool, value, max_value: int, default: int) -> int:

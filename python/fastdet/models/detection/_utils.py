@@ -1,13 +1,14 @@
-"""Box coding, matching and sampling for the two-stage detectors.
+"""Box coding, matching and sampling for the detectors, and the input checks they share.
 
 The numerics follow torchvision.models.detection._utils (Faster R-CNN, Ren et al. 2015; the
-delta parametrisation of R-CNN, Girshick et al. 2014) so that torchvision weights give the same
-detections; the implementation is fastdet's.
+delta parametrisation of R-CNN, Girshick et al. 2014; SSD's matching, Liu et al. 2016) so that
+torchvision weights give the same detections; the implementation is fastdet's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -120,6 +121,22 @@ class Matcher:
         return result
 
 
+class SSDMatcher(Matcher):
+    """SSD's matching (Liu et al. 2016, section 2.2): a prediction is matched to its best ground
+    truth where their IoU >= ``threshold`` (else BELOW_LOW_THRESHOLD); then every ground truth also
+    takes the single prediction that overlaps it most, whatever the IoU (the later ground truth wins
+    when two share one), so that no object is left without a positive."""
+
+    def __init__(self, threshold: float):
+        super().__init__(threshold, threshold, allow_low_quality_matches=False)
+
+    def __call__(self, iou: Tensor) -> Tensor:
+        result = super().__call__(iou)
+        best_pred = iou.max(dim=1).indices  # [M]: the prediction each ground truth overlaps most
+        result[best_pred] = torch.arange(best_pred.shape[0], dtype=result.dtype, device=result.device)
+        return result
+
+
 class BalancedPositiveNegativeSampler:
     """Pick up to ``batch_size_per_image`` labels per image, at most ``positive_fraction`` of them
     positive (label >= 1), the rest negative (label 0); label -1 is ignored.
@@ -149,3 +166,38 @@ class BalancedPositiveNegativeSampler:
             pos_masks.append(pos)
             neg_masks.append(neg)
         return pos_masks, neg_masks
+
+
+def check_detector_inputs(name: str, images, targets, training: bool) -> None:
+    """The call contract every zoo detector checks first (errors name the model class ``name``):
+    images a non-empty list of Tensor[C, H, W]; in training, targets one dict per image with
+    ``boxes`` Tensor[N, 4]."""
+    if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
+        raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
+    for i, im in enumerate(images):
+        if im.dim() != 3:
+            raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
+    if training and targets is None:
+        raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
+    if targets is None:
+        return
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
+    for i, t in enumerate(targets):
+        boxes = t.get("boxes") if isinstance(t, Mapping) else None
+        if not isinstance(boxes, Tensor):
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
+
+
+def check_positive_boxes(name: str, targets: list[dict]) -> None:
+    """Every target box (after the transform's resize) has a positive width and height."""
+    for i, t in enumerate(targets):
+        bad = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
+        if bad.any():
+            box = t["boxes"][torch.where(bad)[0][0]].tolist()
+            raise ValueError(f"{name}: targets[{i}]['boxes'] has a box with no positive width and height: {box} "
+                             f"(after resizing)")
