@@ -1,4 +1,6 @@
-"""Box generators for tests and benchmarks: random, detector-like (clustered) and adversarial."""
+"""Helpers for tests and benchmarks: box generators (random, detector-like (clustered), adversarial),
+CUDA graph replay, and the zoo's parity helpers (BatchNorm calibration of random-weight models,
+tie-robust comparison of detections)."""
 
 from __future__ import annotations
 
@@ -90,3 +92,106 @@ def cuda_graph_replay(fn, inputs, new_inputs, grad_inputs: tuple[int, ...] = (),
     if eager_leaves:
         eager_out.sum().backward()
     return replayed, (eager_out.detach(), [x.grad for x in eager_leaves])
+
+
+def calibrate_batchnorm(model, size: int, num_images: int = 1) -> None:
+    """Set a detector's BatchNorm statistics from ``num_images`` random images (``size`` px high, 4/3
+    as wide; SSDlite's 1x1 maps need 2), through its ``transform`` and ``backbone``: random-weight models otherwise have vanishing or
+    saturated features, so nearly every score ties or is 0, parity checks compare tie orders and
+    post-processing (NMS over ~90 classes, mask pasting) does far less work than with trained weights.
+    Leaves the model in training mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        batch, _ = model.transform([torch.rand(3, size, size * 4 // 3, generator=g) for _ in range(num_images)])
+        model.backbone(batch.tensors)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def assert_same_detections(a: dict, b: dict, mask_atol: float = 1e-4, min_count: int = 10) -> None:
+    """Same detections (a: expected, b: got; dicts of boxes/labels/scores[/masks]) up to fp32
+    rounding, robust to near-tied scores being listed in another order: every detection of one list
+    has a partner in the other with the same label, a score within 1e-5 and a box within 1e-3 px (and
+    mask within mask_atol); the scores agree position by position. Both hold more than min_count."""
+    assert a["boxes"].shape == b["boxes"].shape and a["boxes"].shape[0] > min_count
+    assert b["boxes"].dtype == torch.float32 and b["labels"].dtype == torch.int64
+    same = ((a["labels"][:, None] == b["labels"][None, :])
+            & ((a["scores"][:, None] - b["scores"][None, :]).abs() <= 1e-5)
+            & ((a["boxes"][:, None, :] - b["boxes"][None, :, :]).abs().amax(-1) <= 1e-3))
+    assert same.any(dim=1).all() and same.any(dim=0).all(), f"{(~same.any(1)).sum().item()} detections unmatched"
+    if "masks" in a:
+        assert b["masks"].shape == a["masks"].shape
+        partner = same.to(torch.uint8).argmax(dim=1)  # a box/score partner (near-identical boxes paste alike)
+        torch.testing.assert_close(b["masks"][partner], a["masks"], rtol=0, atol=mask_atol)
+    torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-5)
+
+
+def detection_images(seed: int = 1) -> list[Tensor]:
+    """Two random images of different sizes (3x120x150, 3x97x88), the zoo tests' standard input."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, 120, 150, generator=g), torch.rand(3, 97, 88, generator=g)]
+
+
+def detection_targets(images: list[Tensor], masks: bool = True, empty: tuple[int, ...] = (),
+                      num_labels: int = 4) -> list[dict]:
+    """Training targets for ``images``: three random boxes (at least 8 px) per image with labels in
+    1..num_labels (none for the indices in ``empty``), masks (the left half of each box) when asked,
+    and the extra keys fastdet.data.CocoDetection adds, which the models pass over."""
+    g = torch.Generator().manual_seed(5)
+    targets = []
+    for i, im in enumerate(images):
+        h, w = im.shape[1:]
+        n = 0 if i in empty else 3
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
+        wh = 8 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        t = {"boxes": boxes, "labels": torch.randint(1, num_labels + 1, (n,), generator=g),
+             "image_id": i, "area": wh.prod(dim=1), "iscrowd": torch.zeros(n, dtype=torch.int64)}
+        if masks:
+            m = torch.zeros(n, h, w, dtype=torch.uint8)
+            for j, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
+                m[j, y0:y1, x0 : (x0 + x1) // 2 + 1] = 1
+            t["masks"] = m
+        targets.append(t)
+    return targets
+
+
+def assert_input_errors(model, masks: bool = False) -> None:
+    """The call-contract errors every zoo detector raises, each naming the model class: missing or
+    malformed targets in training (boxes not [N, 4], an empty box, float labels, one dict short),
+    malformed images in eval. Leaves the model in eval mode."""
+    import pytest
+
+    name = type(model).__name__
+    ims = detection_images()
+    model.train()
+    with pytest.raises(ValueError, match=f"{name}: targets are required in training mode"):
+        model(ims)
+    bad = detection_targets(ims, masks)
+    bad[0]["boxes"] = bad[0]["boxes"][:, :3]
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must have shape \[N, 4\], got \[3, 3\]"):
+        model(ims, bad)
+    bad = detection_targets(ims, masks)
+    bad[1]["boxes"][0, 2] = bad[1]["boxes"][0, 0]
+    with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\] has a box with no positive width"):
+        model(ims, bad)
+    bad = detection_targets(ims, masks)
+    bad[0]["labels"] = bad[0]["labels"].float()
+    with pytest.raises(TypeError, match=r"labels'\] must be int64"):
+        model(ims, bad)
+    with pytest.raises(ValueError, match="one dict per image"):
+        model(ims, detection_targets(ims, masks)[:1])
+    model.eval()
+    with pytest.raises(ValueError, match=r"images\[1\] must have shape \[C, H, W\]"):
+        model([ims[0], ims[1][None]])
+    with pytest.raises(ValueError, match="images is empty"):
+        model([])
+    with pytest.raises(ValueError, match="images must be a list"):
+        model(torch.stack([ims[0], ims[0]]))
+    with pytest.raises(TypeError, match="floating point"):
+        model([(ims[0] * 255).to(torch.uint8)])

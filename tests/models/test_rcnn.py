@@ -20,6 +20,9 @@ from fastdet.models.detection import _utils as fd_utils  # noqa: E402
 from fastdet.models.detection.anchors import AnchorGenerator  # noqa: E402
 from fastdet.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 from fastdet.models.detection.transform import RCNNTransform  # noqa: E402
+from fastdet.testing import assert_input_errors, assert_same_detections  # noqa: E402
+from fastdet.testing import detection_images as images  # noqa: E402
+from fastdet.testing import detection_targets as make_targets  # noqa: E402
 
 SMALL = dict(min_size=128, max_size=160)
 
@@ -61,29 +64,6 @@ def pair(name, seed=0, calibrate=True, **kwargs):
             tv.backbone(batch.tensors)
     ours.load_state_dict(tv.state_dict())
     return tv.eval(), ours.eval()
-
-
-def images(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(3, 120, 150, generator=g), torch.rand(3, 97, 88, generator=g)]
-
-
-def assert_same_detections(a: dict, b: dict, mask_atol=1e-4, min_count=11):
-    """Same detections up to fp32 rounding, robust to near-tied scores being listed in another order:
-    every detection of one list has a partner in the other with the same label, a score within 1e-5
-    and a box within 1e-3 px (and mask within mask_atol)."""
-    assert a["boxes"].shape == b["boxes"].shape and a["boxes"].shape[0] >= min_count
-    assert b["boxes"].dtype == torch.float32 and b["labels"].dtype == torch.int64
-    same = ((a["labels"][:, None] == b["labels"][None, :])
-            & ((a["scores"][:, None] - b["scores"][None, :]).abs() <= 1e-5)
-            & ((a["boxes"][:, None, :] - b["boxes"][None, :, :]).abs().amax(-1) <= 1e-3))
-    assert same.any(dim=1).all() and same.any(dim=0).all(), f"{(~same.any(1)).sum().item()} detections unmatched"
-    if "masks" in a:
-        assert b["masks"].shape == a["masks"].shape
-        partner = same.to(torch.uint8).argmax(dim=1)  # a box/score partner (near-identical boxes paste alike)
-        torch.testing.assert_close(b["masks"][partner], a["masks"], rtol=0, atol=mask_atol)
-    # and in score order: the scores agree position by position
-    torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-5)
 
 
 # ---- registry -------------------------------------------------------------------------------------------
@@ -251,27 +231,6 @@ def test_eval_zero_detections(kwargs):
 # ---- training -------------------------------------------------------------------------------------------
 
 
-def make_targets(ims, mask=True, empty=()):
-    g = torch.Generator().manual_seed(5)
-    targets = []
-    for i, im in enumerate(ims):
-        h, w = im.shape[1:]
-        n = 0 if i in empty else 3
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
-        wh = 8 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        t = {"boxes": boxes, "labels": torch.randint(1, 5, (n,), generator=g),
-             # what fastdet.data.CocoDetection adds: passed through, ignored by the model
-             "image_id": i, "area": wh.prod(dim=1), "iscrowd": torch.zeros(n, dtype=torch.int64)}
-        if mask:
-            masks = torch.zeros(n, h, w, dtype=torch.uint8)
-            for j, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
-                masks[j, y0:y1, x0 : (x0 + x1) // 2 + 1] = 1
-            t["masks"] = masks
-        targets.append(t)
-    return targets
-
-
 @pytest.mark.parametrize("name,empty", [("maskrcnn_resnet18_fpn", ()), ("maskrcnn_resnet18_fpn", (1,)),
                                         ("fasterrcnn_resnet50_fpn_v2", ())])
 def test_training_losses_match_torchvision(name, empty):
@@ -280,7 +239,7 @@ def test_training_losses_match_torchvision(name, empty):
     tv, ours = pair(name, calibrate=False, min_size=(112, 128), rpn_batch_size_per_image=64,
                     box_batch_size_per_image=64)
     ims = images()
-    targets = make_targets(ims, mask=models.is_mask_model(name), empty=empty)
+    targets = make_targets(ims, masks=models.is_mask_model(name), empty=empty)
     tv.train(), ours.train()
     torch.manual_seed(11)
     expected = tv(ims, targets)
@@ -331,37 +290,13 @@ def test_autocast_bf16():
 
 def test_bad_inputs():
     _, ours = pair("maskrcnn_resnet18_fpn", calibrate=False)
+    assert_input_errors(ours, masks=True)
     ims = images()
     ours.train()
-    with pytest.raises(ValueError, match="MaskRCNN: targets are required in training mode"):
-        ours(ims)
-    bad = make_targets(ims)
-    bad[0]["boxes"] = bad[0]["boxes"][:, :3]
-    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\] must have shape \[N, 4\], got \[3, 3\]"):
-        ours(ims, bad)
-    bad = make_targets(ims)
-    bad[1]["boxes"][0, 2] = bad[1]["boxes"][0, 0]
-    with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\] has a box with no positive width"):
-        ours(ims, bad)
-    bad = make_targets(ims)
-    bad[0]["labels"] = bad[0]["labels"].float()
-    with pytest.raises(TypeError, match="labels'\\] must be int64"):
-        ours(ims, bad)
     bad = make_targets(ims)
     del bad[1]["masks"]
     with pytest.raises(ValueError, match=r"targets\[1\] has no 'masks'"):
         ours(ims, bad)
-    with pytest.raises(ValueError, match="one dict per image"):
-        ours(ims, make_targets(ims)[:1])
-    ours.eval()
-    with pytest.raises(ValueError, match=r"images\[1\] must have shape \[C, H, W\]"):
-        ours([ims[0], ims[1][None]])
-    with pytest.raises(ValueError, match="images is empty"):
-        ours([])
-    with pytest.raises(ValueError, match="images must be a list"):
-        ours(torch.stack([ims[0], ims[0]]))
-    with pytest.raises(TypeError, match="floating point"):
-        ours([(ims[0] * 255).to(torch.uint8)])
     with pytest.raises(ValueError, match="num_classes counts the background"):
         models.fasterrcnn_resnet18_fpn(num_classes=1)
 

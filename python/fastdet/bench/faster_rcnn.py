@@ -16,24 +16,9 @@ import warnings
 
 import torch
 
+from fastdet.testing import calibrate_batchnorm
+
 from ._harness import Case
-
-
-def _calibrate(model, size: int) -> None:
-    """Set the BatchNorm statistics from one batch of images: random-weight models otherwise have
-    vanishing or saturated features, so nearly every score ties or is 0, and post-processing (NMS
-    over ~90 classes, mask pasting) does far less work than with trained weights."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 1.0
-    g = torch.Generator().manual_seed(1)
-    model.train()
-    with torch.no_grad():
-        batch, _ = model.transform([torch.rand(3, size, size * 4 // 3, generator=g)])
-        model.backbone(batch.tensors)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
 
 
 def _models(name: str, size: int, device: str):
@@ -56,7 +41,7 @@ def _models(name: str, size: int, device: str):
             tv = cls(_resnet_fpn_extractor(body, 5), **{k: v for k, v in kw.items() if "weights" not in k})
         else:
             tv = getattr(tvd, name)(**kw)
-    _calibrate(tv, size)
+    calibrate_batchnorm(tv, size)
     ours = models.build_model(name, **kw)
     ours.load_state_dict(tv.state_dict())
     return ours.to(device), tv.to(device)

@@ -161,7 +161,8 @@ def add_subcommands(sub) -> None:
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (e.g. OUTPUT/last.pt)")
     t.add_argument("--weights", metavar="PATH", help="start from a local state dict (e.g. a converted torchvision checkpoint)")
     t.add_argument("--min-size", type=int, help="model input: shorter side resized to this (default: the builder's "
-                                                "800, or the image size on the generated shapes data)")
+                                                "800, or the image size on the generated shapes data); SSD models "
+                                                "resize to a fixed size instead: --model-arg 'size=(W,H)'")
     t.add_argument("--max-size", type=int, help="model input: longer side at most this")
     t.add_argument("--model-arg", type=_model_arg, action="append", metavar="KEY=VALUE",
                    help="another builder keyword argument (repeatable), e.g. representation_size=256, "

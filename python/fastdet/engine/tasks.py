@@ -46,8 +46,18 @@ class DetectionTask:
         return collate_fn(batch)
 
     def model_kwargs(self, cfg, generated: bool) -> dict:
-        """Builder arguments the task adds on the generated shapes data: the images' own size."""
-        return dict(min_size=cfg.shapes_image_size, max_size=cfg.shapes_image_size) if generated else {}
+        """Builder arguments the task adds on the generated shapes data: the images' own size (square,
+        ``cfg.shapes_image_size`` px). SSD resizes every image to a fixed ``size`` (SSDlite takes it;
+        SSD300 keeps its 300 px, as its VGG extra layers shrink to nothing below ~260 px); the others
+        scale to min_size / max_size."""
+        if not generated:
+            return {}
+        family, side = self.model_name.split("_")[0], cfg.shapes_image_size
+        if family == "ssd300":
+            return {}
+        if family == "ssdlite320":
+            return {"size": (side, side)}
+        return {"min_size": side, "max_size": side}
 
     def to_device(self, images, targets, device):
         images = [img.to(device, non_blocking=True) for img in images]

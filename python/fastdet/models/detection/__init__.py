@@ -1,8 +1,8 @@
 """Detectors built from fastdet ops. Each family module has a ``BUILDERS`` dict (name -> builder);
 this package merges them into one."""
 
-from .anchors import AnchorGenerator
-from . import faster_rcnn, fcos, retinanet
+from .anchors import AnchorGenerator, DefaultBoxGenerator
+from . import faster_rcnn, fcos, retinanet, ssd, ssdlite
 from .dense import DenseDetector
 from .faster_rcnn import (
     FasterRCNN,
@@ -37,13 +37,17 @@ from .roi_heads import (
     paste_masks_in_image,
 )
 from .rpn import RegionProposalNetwork, RPNHead
+from .ssd import SSD, SSDFeatureExtractorVGG, SSDHead, SSDScoringHead, ssd300_vgg16
+from .ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead, ssdlite320_mobilenet_v3_large
 from .transform import RCNNTransform
 
-BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS}
+BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **ssd.BUILDERS, **ssdlite.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
     "RPNHead", "RoIHeads", "TwoMLPHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads",
     "MaskRCNNPredictor", "paste_masks_in_image", "DenseDetector", "RetinaNet", "RetinaNetHead",
-    "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead", *BUILDERS,
+    "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead",
+    "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead", "SSDLiteHead", "SSDFeatureExtractorVGG",
+    "SSDLiteFeatureExtractorMobileNet", *BUILDERS,
 ]

@@ -1,7 +1,8 @@
 """Box coding, matching, sampling and input checks shared by the detectors.
 
 The numerics follow torchvision.models.detection._utils (Faster R-CNN, Ren et al. 2015; the
-delta parametrisation of R-CNN, Girshick et al. 2014; FCOS's linear coding, Tian et al. 2019) so
+delta parametrisation of R-CNN, Girshick et al. 2014; FCOS's linear coding, Tian et al. 2019;
+SSD's matching, Liu et al. 2016) so
 that torchvision weights give the same detections; the implementation is fastdet's.
 """
 
@@ -192,6 +193,22 @@ class Matcher:
         return result
 
 
+class SSDMatcher(Matcher):
+    """SSD's matching (Liu et al. 2016, section 2.2): a prediction is matched to its best ground
+    truth where their IoU >= ``threshold`` (else BELOW_LOW_THRESHOLD); then every ground truth also
+    takes the single prediction that overlaps it most, whatever the IoU (the later ground truth wins
+    when two share one), so that no object is left without a positive."""
+
+    def __init__(self, threshold: float):
+        super().__init__(threshold, threshold, allow_low_quality_matches=False)
+
+    def __call__(self, iou: Tensor) -> Tensor:
+        result = super().__call__(iou)
+        best_pred = iou.max(dim=1).indices  # [M]: the prediction each ground truth overlaps most
+        result[best_pred] = torch.arange(best_pred.shape[0], dtype=result.dtype, device=result.device)
+        return result
+
+
 class BalancedPositiveNegativeSampler:
     """Pick up to ``batch_size_per_image`` labels per image, at most ``positive_fraction`` of them
     positive (label >= 1), the rest negative (label 0); label -1 is ignored.
@@ -221,3 +238,4 @@ class BalancedPositiveNegativeSampler:
             pos_masks.append(pos)
             neg_masks.append(neg)
         return pos_masks, neg_masks
+
