@@ -40,6 +40,7 @@ def test_train_logs_segmentation_losses_and_miou(trained):
 def test_resume_and_other_losses(shapes, trained, tmp_path):
     out = tmp_path / "resumed"
     assert main(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--crop-size", "32", "--loss", "ce_dice",
+                 "--scale-range", "1,1",
                  *COMMON[:-1], "--epochs", "2", "--resume", str(trained / "last.pt"), "--eval-every", "0",
                  "--no-progress"]) == 0
     assert [r["epoch"] for r in _log(out)] == [2]

@@ -87,8 +87,10 @@ class SemanticSegmentationTask:
         from fastdet.data import build_segmentation_dataset
         from fastdet.data.segmentation_transforms import segmentation_transforms
 
-        crop = crop_size(cfg) if train else None
-        return build_segmentation_dataset(root, split, segmentation_transforms(train, crop))
+        if not train:
+            return build_segmentation_dataset(root, split, segmentation_transforms(False))
+        transforms = segmentation_transforms(True, crop_size(cfg), scale_range=cfg.scale_range)
+        return build_segmentation_dataset(root, split, transforms)
 
     def collate(self, batch):
         from fastdet.data import segmentation_collate
