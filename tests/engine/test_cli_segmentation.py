@@ -112,7 +112,7 @@ def test_train_and_eval_on_an_image_and_label_map_folder(tmp_path):
 
 def test_segmenter_user_errors_are_one_line(shapes, trained, tmp_path, capsys):
     cases = [
-        (["train", *MODEL, "--data", str(tmp_path), "--output", str(tmp_path / "x")], "has neither train/images/"),
+        (["train", *MODEL, "--data", str(tmp_path), "--output", str(tmp_path / "x")], "has no split 'train': expected"),
         (["train", "--model", "fcn_resnet50", "--data", str(shapes), "--output", str(tmp_path / "x"), "--resume",
           str(trained / "last.pt")], "holds a 'unet' model, not 'fcn_resnet50'"),
         (["train", *MODEL, "--model-arg", "base_width=8", "--data", str(shapes), "--output", str(tmp_path / "x"),

@@ -73,7 +73,6 @@ def _eval(args) -> int:
     try:
         task = for_model(state["model_name"])
         model = checkpoint.build_model(state).to(ctx.device)
-        task.check_data(Path(args.data), args.split)
         dataset = task.dataset(args.data, args.split, train=False)
         if len(dataset.classes) != len(state["classes"]):
             raise ValueError(f"the checkpoint was trained on {len(state['classes']) - 1} classes, "

@@ -77,7 +77,11 @@ class SemanticSegmentationTask:
         self.model_name = model_name
 
     def check_data(self, root: Path, split: str) -> None:
-        self.dataset(root, split, train=False)  # the readers' own errors name what is missing
+        if not self.has_split(root, split):
+            raise FileNotFoundError(
+                f"data folder {str(root)!r} has no split {split!r}: expected annotations/instances_{split}.json "
+                f"(COCO), {split}/images/ + {split}/masks/ (PNG label maps) or ImageSets/Segmentation/{split}.txt "
+                "(Pascal VOC)")
 
     def has_split(self, root: Path, split: str) -> bool:
         return ((root / "annotations" / f"instances_{split}.json").is_file() or (root / split / "images").is_dir()
