@@ -164,6 +164,10 @@ def test_transform_argument_errors():
         ST.RandomCrop(0)
     with pytest.raises(ValueError, match="train=True needs crop_size"):
         ST.segmentation_transforms(train=True)
+    with pytest.raises(ValueError, match="scale_range must be"):
+        ST.segmentation_transforms(train=True, crop_size=8, scale_range=(2.0, 1.0))
+    names = [type(t).__name__ for t in ST.segmentation_transforms(True, 8, scale_range=(1, 1)).transforms]
+    assert names == ["RandomCrop", "RandomHorizontalFlip", "Normalize"]
 
 
 def test_collate_pads_with_zero_and_ignore():

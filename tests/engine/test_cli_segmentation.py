@@ -40,6 +40,7 @@ def test_train_logs_segmentation_losses_and_miou(trained):
 def test_resume_and_other_losses(shapes, trained, tmp_path):
     out = tmp_path / "resumed"
     assert main(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--crop-size", "32", "--loss", "ce_dice",
+                 "--scale-range", "1,1",
                  *COMMON[:-1], "--epochs", "2", "--resume", str(trained / "last.pt"), "--eval-every", "0",
                  "--no-progress"]) == 0
     assert [r["epoch"] for r in _log(out)] == [2]
@@ -111,7 +112,7 @@ def test_train_and_eval_on_an_image_and_label_map_folder(tmp_path):
 
 def test_segmenter_user_errors_are_one_line(shapes, trained, tmp_path, capsys):
     cases = [
-        (["train", *MODEL, "--data", str(tmp_path), "--output", str(tmp_path / "x")], "has neither train/images/"),
+        (["train", *MODEL, "--data", str(tmp_path), "--output", str(tmp_path / "x")], "has no split 'train': expected"),
         (["train", "--model", "fcn_resnet50", "--data", str(shapes), "--output", str(tmp_path / "x"), "--resume",
           str(trained / "last.pt")], "holds a 'unet' model, not 'fcn_resnet50'"),
         (["train", *MODEL, "--model-arg", "base_width=8", "--data", str(shapes), "--output", str(tmp_path / "x"),

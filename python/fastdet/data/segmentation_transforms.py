@@ -98,14 +98,18 @@ class RandomHorizontalFlip(T.RandomHorizontalFlip):
         return image.flip(-1), (label.flip(-1) if label is not None else None)
 
 
-def segmentation_transforms(train: bool, crop_size: int | None = None, base_size: int | None = None) -> Compose:
-    """Training: RandomResize(base_size / 2 .. 2 * base_size), RandomCrop(crop_size),
+def segmentation_transforms(train: bool, crop_size: int | None = None, base_size: int | None = None,
+                            scale_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
+    """Training: RandomResize(scale_range * base_size) (left out for (1, 1)), RandomCrop(crop_size),
     RandomHorizontalFlip(0.5), Normalize (ImageNet); evaluation: Normalize only (full-size images).
     Training needs crop_size (every image of a batch then has that size); base_size defaults to it."""
     if not train:
         return Compose([Normalize()])
     if crop_size is None:
         raise ValueError("segmentation_transforms: train=True needs crop_size (images in a batch must share a size)")
+    low, high = (float(s) for s in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"segmentation_transforms: scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
     base = base_size if base_size is not None else crop_size
-    return Compose([RandomResize(max(1, base // 2), 2 * base), RandomCrop(crop_size), RandomHorizontalFlip(0.5),
-                    Normalize()])
+    resize = [RandomResize(max(1, round(base * low)), max(1, round(base * high)))] if (low, high) != (1.0, 1.0) else []
+    return Compose([*resize, RandomCrop(crop_size), RandomHorizontalFlip(0.5), Normalize()])

@@ -12,6 +12,10 @@ def _ints(value: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value.split(",") if v.strip())
 
 
+def _floats(value: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in value.split(",") if v.strip())
+
+
 def _model_arg(value: str) -> tuple[str, object]:
     """`key=value` with a Python literal value (`box_batch_size_per_image=128`, `box_score_thresh=0.3`)."""
     import ast
@@ -45,7 +49,7 @@ def _train(args) -> int:
                       resume=args.resume, weights=args.weights, model_kwargs=_model_kwargs(args),
                       shapes_images=args.shapes_images, shapes_image_size=args.shapes_image_size,
                       progress=not args.no_progress, loss=args.loss, aux_weight=args.aux_weight,
-                      crop_size=args.crop_size)
+                      crop_size=args.crop_size, scale_range=args.scale_range)
     result = fit(cfg)
     _print_metrics(result.get("metrics"), cfg.model)
     print(f"checkpoint: {result['checkpoint']}")
@@ -69,7 +73,6 @@ def _eval(args) -> int:
     try:
         task = for_model(state["model_name"])
         model = checkpoint.build_model(state).to(ctx.device)
-        task.check_data(Path(args.data), args.split)
         dataset = task.dataset(args.data, args.split, train=False)
         if len(dataset.classes) != len(state["classes"]):
             raise ValueError(f"the checkpoint was trained on {len(state['classes']) - 1} classes, "
@@ -173,6 +176,9 @@ def add_subcommands(sub) -> None:
                    help="segmenters: the per-pixel loss (ignore index 255)")
     t.add_argument("--aux-weight", type=float, default=0.5, help="segmenters: weight of the auxiliary classifier's loss")
     t.add_argument("--crop-size", type=int, help="segmenters: training crop (default: the shapes image size, else 480)")
+    t.add_argument("--scale-range", type=_floats, default=(0.5, 2.0), metavar="LOW,HIGH",
+                   help="segmenters: random rescale of the shorter side to LOW..HIGH x crop size before the crop "
+                        "(1,1: none)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 

@@ -87,7 +87,11 @@ class SemanticSegmentationTask:
         self.model_name = model_name
 
     def check_data(self, root: Path, split: str) -> None:
-        self.dataset(root, split, train=False)  # the readers' own errors name what is missing
+        if not self.has_split(root, split):
+            raise FileNotFoundError(
+                f"data folder {str(root)!r} has no split {split!r}: expected annotations/instances_{split}.json "
+                f"(COCO), {split}/images/ + {split}/masks/ (PNG label maps) or ImageSets/Segmentation/{split}.txt "
+                "(Pascal VOC)")
 
     def has_split(self, root: Path, split: str) -> bool:
         return ((root / "annotations" / f"instances_{split}.json").is_file() or (root / split / "images").is_dir()
@@ -97,8 +101,10 @@ class SemanticSegmentationTask:
         from fastdet.data import build_segmentation_dataset
         from fastdet.data.segmentation_transforms import segmentation_transforms
 
-        crop = crop_size(cfg) if train else None
-        return build_segmentation_dataset(root, split, segmentation_transforms(train, crop))
+        if not train:
+            return build_segmentation_dataset(root, split, segmentation_transforms(False))
+        transforms = segmentation_transforms(True, crop_size(cfg), scale_range=cfg.scale_range)
+        return build_segmentation_dataset(root, split, transforms)
 
     def collate(self, batch):
         from fastdet.data import segmentation_collate

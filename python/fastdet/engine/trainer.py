@@ -57,6 +57,7 @@ class TrainConfig:
     loss: str = "ce"                   # ce | dice | ce_dice | focal (fastdet.models.segmentation.losses)
     aux_weight: float = 0.5            # weight of the auxiliary classifier's loss
     crop_size: int | None = None       # training crop; None -> the shapes image size, or 480 on other data
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop, x crop_size; (1, 1): none
 
 
 # Builder arguments used when training on the generated shapes data (small images, objects of

@@ -10,8 +10,6 @@ outside the model (fastdet.models.segmentation.losses).
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -90,7 +88,7 @@ class BuildArgs:
 
     def finish(self, model: nn.Module) -> nn.Module:
         if self.path is not None:
-            load_weights(self.fn, model, Path(self.path))
+            load_weights(self.fn, model, self.path)
         return model
 
 
