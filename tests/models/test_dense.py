@@ -24,8 +24,9 @@ from fastdet.models.detection.fcos import atss_assign, fcos_assign  # noqa: E402
 from fastdet.testing import assert_same_detections  # noqa: E402
 from fastdet.testing import detection_images as images  # noqa: E402
 from fastdet.testing import detection_targets as make_targets  # noqa: E402
+from test_rcnn import pair as rcnn_pair  # noqa: E402  (tests/models on sys.path)
 
-SMALL = dict(min_size=128, max_size=160)
+SMALL = dict(min_size=128, max_size=160)  # as test_rcnn's
 NAMES = ["retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet18_fpn",
          "fcos_resnet50_fpn"]
 
@@ -45,26 +46,9 @@ def tv_builder(name):
     return build
 
 
-def pair(name, seed=0, calibrate=True, **kwargs):
-    """A seeded torchvision model and a fastdet model holding its weights (both in eval mode), the
-    BatchNorm statistics set from one batch so that scores vary from box to box."""
-    torch.manual_seed(seed)
-    kw = dict(weights=None, weights_backbone=None, num_classes=5, **{**SMALL, **kwargs})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tv = tv_builder(name)(**kw)
-        ours = getattr(models, name)(**kw)
-    if calibrate:
-        for m in tv.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 1.0
-        g = torch.Generator().manual_seed(seed + 1)
-        tv.train()
-        with torch.no_grad():
-            batch, _ = tv.transform([torch.rand(3, 150, 130, generator=g), torch.rand(3, 120, 160, generator=g)])
-            tv.backbone(batch.tensors)
-    ours.load_state_dict(tv.state_dict())
-    return tv.eval(), ours.eval()
+def pair(name, **kwargs):
+    """(torchvision model, fastdet model) with the same weights, in eval mode (see test_rcnn.pair)."""
+    return rcnn_pair(name, tv_builder=tv_builder, **kwargs)
 
 
 def targets_for(ims, empty=()):
@@ -261,9 +245,17 @@ def test_linear_box_coder_matches_torchvision():
         torch.testing.assert_close(c.decode(codes, ref), boxes, rtol=1e-5, atol=1e-4)
 
 
-def test_retinanet_anchor_sizes_extension():
-    m = models.retinanet_resnet18_fpn(num_classes=4, anchor_sizes=(8, 16, 32, 64, 128), **SMALL)
+def test_small_config_arguments():
+    # fastdet's extensions for small inputs; the defaults are torchvision's (checked by the key tests)
+    m = models.retinanet_resnet18_fpn(num_classes=4, anchor_sizes=(8, 16, 32, 64, 128), num_convs=1,
+                                      fpn_channels=64, **SMALL)
     assert [s for s in m.anchor_generator.sizes[0]] == [8, 10, 12] and m.anchor_generator.sizes[4][0] == 128
+    assert len(m.head.regression_head.conv) == 1 and m.head.classification_head.cls_logits.in_channels == 64
+    f = models.fcos_resnet18_fpn(num_classes=4, num_convs=1, fpn_channels=64, **SMALL)
+    assert len(f.head.classification_head.conv) == 3 and f.backbone.fpn.layer_blocks[0][0].out_channels == 64
+    for model in (m, f):
+        (out,) = model.eval()([torch.rand(3, 96, 128)])
+        assert out["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="anchor_generator or anchor_sizes, not both"):
         models.RetinaNet(m.backbone, 4, anchor_generator=AnchorGenerator(((8,),) * 5, ((1.0,),) * 5),
                          anchor_sizes=(8, 16, 32, 64, 128))

@@ -41,8 +41,9 @@ def tv_builder(name):
     return build
 
 
-def pair(name, seed=0, calibrate=True, **kwargs):
-    """A seeded torchvision model and a fastdet model holding its weights (both in eval mode).
+def pair(name, seed=0, calibrate=True, tv_builder=tv_builder, **kwargs):
+    """A seeded torchvision model (from ``tv_builder(name)``) and a fastdet model holding its weights
+    (both in eval mode).
 
     Random weights give vanishing features (untrained BatchNorm statistics) and so tied scores: the
     BatchNorm statistics are set from one batch of images first, so that the features and scores

@@ -245,7 +245,8 @@ def _builder(name: str, title: str, *, depth: int):
         plan = resolve_weights(name, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
                                trainable_backbone_layers=trainable_backbone_layers,
                                classifier_key="head.classification_head.cls_logits.weight")
-        model = FCOS(p3_p7_backbone(name, depth, plan, v2=False), plan.num_classes, **kwargs)
+        backbone = p3_p7_backbone(name, depth, plan, v2=False, channels=kwargs.pop("fpn_channels", 256))
+        model = FCOS(backbone, plan.num_classes, **kwargs)
         if plan.path is not None:
             load_weights(name, model, plan.path)
         return model

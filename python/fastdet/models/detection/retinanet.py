@@ -129,11 +129,11 @@ class RetinaNetRegressionHead(nn.Module):
 
     _version = 2
 
-    def __init__(self, in_channels: int, num_anchors: int, norm_layer=None, loss_type: str = "l1"):
+    def __init__(self, in_channels: int, num_anchors: int, norm_layer=None, loss_type: str = "l1", num_convs: int = 4):
         super().__init__()
         if loss_type not in BOX_LOSSES:
             raise ValueError(f"RetinaNetRegressionHead: loss_type must be one of {BOX_LOSSES}, got {loss_type!r}")
-        self.conv = conv_tower(in_channels, 4, norm_layer)
+        self.conv = conv_tower(in_channels, num_convs, norm_layer)
         init_normal(self.conv)
         self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
         init_normal(self.bbox_reg)
@@ -174,17 +174,19 @@ class RetinaNetRegressionHead(nn.Module):
 
 
 class RetinaNetHead(nn.Module):
-    """classification_head + regression_head (torchvision's module names).
+    """classification_head + regression_head (torchvision's module names), each with a tower of
+    num_convs (torchvision: 4) convs.
 
     forward(features) -> {"cls_logits": Tensor[B, A_total, num_classes], "bbox_regression": Tensor[B, A_total, 4]}.
     """
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, norm_layer=None, loss_type: str = "l1"):
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, norm_layer=None, loss_type: str = "l1",
+                 num_convs: int = 4):
         super().__init__()
         self.classification_head = RetinaNetClassificationHead(in_channels, num_anchors, num_classes,
-                                                               norm_layer=norm_layer)
+                                                               norm_layer=norm_layer, num_convs=num_convs)
         self.regression_head = RetinaNetRegressionHead(in_channels, num_anchors, norm_layer=norm_layer,
-                                                       loss_type=loss_type)
+                                                       loss_type=loss_type, num_convs=num_convs)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
         return {"classification": self.classification_head.compute_loss(targets, head_outputs, matched_idxs),
@@ -203,13 +205,15 @@ class RetinaNet(DenseDetector):
     every gt keeps its best anchors). Losses: "classification" (focal) and "bbox_regression"
     (``head.regression_head`` loss type). ``anchor_sizes`` (not in torchvision): one base anchor
     size per level instead of 32..512, e.g. (8, 16, 32, 64, 128) for objects of 8-120 px in 128 px
-    images. Extra keyword arguments go to the transform (``size_divisible``, ``fixed_size``).
+    images; ``num_convs`` (not in torchvision, which has 4): the convs of each default head tower
+    (2 halves a CPU training step on small inputs, where the towers dominate).
+    Extra keyword arguments go to the transform (``size_divisible``, ``fixed_size``).
     """
 
     def __init__(self, backbone, num_classes, min_size=800, max_size=1333, image_mean=None, image_std=None,
                  anchor_generator=None, head=None, proposal_matcher=None, score_thresh=0.05, nms_thresh=0.5,
                  detections_per_img=300, fg_iou_thresh=0.5, bg_iou_thresh=0.4, topk_candidates=1000,
-                 anchor_sizes=None, **kwargs):
+                 anchor_sizes=None, num_convs=4, **kwargs):
         name = type(self).__name__
         if anchor_generator is not None and anchor_sizes is not None:
             raise ValueError(f"{name}: give anchor_generator or anchor_sizes, not both")
@@ -220,7 +224,8 @@ class RetinaNet(DenseDetector):
         if head is None:
             if num_classes is None or int(num_classes) < 2:
                 raise ValueError(f"{name}: num_classes counts the background and must be >= 2, got {num_classes}")
-            head = RetinaNetHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], num_classes)
+            head = RetinaNetHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], num_classes,
+                                 num_convs=num_convs)
         transform = RCNNTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
                                   image_std or [0.229, 0.224, 0.225], **kwargs)
         super().__init__(backbone, head, anchor_generator, transform, score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -248,13 +253,15 @@ class RetinaNet(DenseDetector):
 # ---- building -------------------------------------------------------------------------------------------
 
 
-def p3_p7_backbone(fn: str, depth: int, plan, *, v2: bool) -> nn.Module:
+def p3_p7_backbone(fn: str, depth: int, plan, *, v2: bool, channels: int = 256) -> nn.Module:
     """ResNet C3-C5 + FPN + P6/P7, torchvision's RetinaNet / FCOS backbone. v1: the body uses
-    FrozenBatchNorm2d when weights are loaded and P6 comes from P5; v2: BatchNorm2d, P6 from C5."""
+    FrozenBatchNorm2d when weights are loaded and P6 comes from P5; v2: BatchNorm2d, P6 from C5.
+    channels: the FPN's (and so the heads') width, 256 in torchvision."""
     c5 = 2048 if depth == 50 else 512
     body_norm = FrozenBatchNorm2d if plan.is_trained and not v2 else nn.BatchNorm2d
     return resnet_fpn(fn, depth, plan.backbone_path, plan.trainable_layers, body_norm_layer=body_norm,
-                      returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(c5 if v2 else 256, 256))
+                      returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(c5 if v2 else channels, channels),
+                      out_channels=channels)
 
 
 def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_classes, trainable_backbone_layers,
@@ -266,10 +273,11 @@ def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_clas
     plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
                            trainable_backbone_layers=trainable_backbone_layers,
                            classifier_key="head.classification_head.cls_logits.weight", per_class=anchors_per_location)
-    backbone = p3_p7_backbone(fn, depth, plan, v2=v2)
+    backbone = p3_p7_backbone(fn, depth, plan, v2=v2, channels=kwargs.pop("fpn_channels", 256))
     if v2:  # the improved recipe (Zhang et al. 2020) as torchvision's: GroupNorm heads, GIoU box loss
         kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, anchors_per_location, plan.num_classes,
-                                                norm_layer=partial(nn.GroupNorm, 32), loss_type="giou"))
+                                                norm_layer=partial(nn.GroupNorm, 32), loss_type="giou",
+                                                num_convs=kwargs.pop("num_convs", 4)))
     model = RetinaNet(backbone, plan.num_classes, **kwargs)
     if plan.path is not None:
         # torchvision's published v1 ResNet-50 COCO checkpoints were trained with FrozenBatchNorm eps = 0
@@ -288,6 +296,7 @@ DOC = """{title}
             With either checkpoint the body uses {frozen}, as in torchvision.
         trainable_backbone_layers: layers (from the top) to train when weights are loaded
             (0..5, default 3); without weights all train.
+        fpn_channels (not in torchvision, which has 256): the width of the FPN and the heads.
         **kwargs: {cls} arguments (min_size, max_size, score_thresh, nms_thresh, detections_per_img,
             topk_candidates, {extra}...).
 
@@ -305,7 +314,7 @@ def _builder(name: str, title: str, *, depth: int, v2: bool):
     build.__name__ = build.__qualname__ = name
     build.__doc__ = DOC.format(title=title, backbone=f"ResNet-{depth}", cls="RetinaNet",
                                frozen="BatchNorm2d (v2)" if v2 else "FrozenBatchNorm2d (ResNet-50: eps 0 with weights)",
-                               extra="fg_iou_thresh, bg_iou_thresh, anchor_sizes, ")
+                               extra="fg_iou_thresh, bg_iou_thresh, anchor_sizes, num_convs, ")
     return build
 
 

@@ -1,0 +1,60 @@
+"""The zoo's command line with the dense detectors (RetinaNet, FCOS) end to end on a tiny generated
+dataset: train -> eval -> detect; and the shapes preset they get when `fastdet train` generates the data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastdet.cli import main
+from fastdet.engine.trainer import TrainConfig, model_kwargs_for
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    assert main(["shapes", str(root), "--split", "train", "--num-images", "4", "--image-size", "64", "--no-progress"]) == 0
+    assert main(["shapes", str(root), "--split", "val", "--num-images", "2", "--image-size", "64", "--seed", "1",
+                 "--no-progress"]) == 0
+    return root
+
+
+@pytest.mark.parametrize("model, losses", [("retinanet_resnet18_fpn", {"classification", "bbox_regression"}),
+                                           ("fcos_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness"})])
+def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", model, "--min-size", "64", "--max-size", "64", "--model-arg", "num_convs=1",
+               "--model-arg", "score_thresh=0.0", "--data", str(shapes), "--output", str(out), "--epochs", "1",
+               "--batch-size", "2", "--workers", "0", "--warmup-iters", "1", "--no-progress"])
+    assert rc == 0
+    (record,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert set(record["losses"]) == losses | {"loss"} and record["iterations"] == 2
+    assert record["metrics"]["bbox"].keys() >= {"AP", "AP50"}
+
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", str(out / "last.pt"), "--data", str(shapes), "--json", str(metrics), "--workers", "0",
+                 "--no-progress"]) == 0
+    assert "AP50" in json.loads(metrics.read_text())["bbox"] and "AP50" in capsys.readouterr().out
+
+    det = tmp_path / "det"
+    assert main(["detect", str(out / "last.pt"), str(shapes / "val"), "--output", str(det), "--score-thresh", "0",
+                 "--no-progress"]) == 0
+    records = json.loads((det / "detections.json").read_text())
+    assert len(records) == 2 and all(Path(r["output"]).is_file() for r in records)
+    assert sum(len(r["detections"]) for r in records) > 0  # score_thresh 0: the model reports boxes
+    for r in records:
+        for d in r["detections"]:
+            assert d["class"] in ("rectangle", "ellipse", "triangle") and 0 <= d["score"] <= 1
+
+
+@pytest.mark.parametrize("model", ["retinanet_resnet18_fpn", "fcos_resnet50_fpn"])
+def test_shapes_preset(model):
+    kwargs = model_kwargs_for(TrainConfig(model=model, model_kwargs={"topk_candidates": 50}), num_classes=4)
+    assert kwargs["num_convs"] == 2 and kwargs["topk_candidates"] == 50 and kwargs["min_size"] == 128
+    assert kwargs["fpn_channels"] == 128
+    assert ("anchor_sizes" in kwargs) == model.startswith("retinanet")
+    from fastdet import models
+
+    m = models.build_model(model, **kwargs)
+    assert len(m.head.classification_head.conv) == (2 if model.startswith("retinanet") else 6)
+    assert m.backbone.out_channels == 128 and m.head.regression_head.bbox_reg.in_channels == 128

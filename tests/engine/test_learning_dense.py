@@ -1,0 +1,43 @@
+"""The learning test of the dense detectors: small RetinaNet / FCOS trained from scratch on generated
+shapes, on CPU, reach a stated COCO AP50 on a held-out split. A broken matching, loss, box coding or
+post-processing keeps AP50 near 0, so the thresholds are far from what a defect reaches. Sized
+smaller than the R-CNN test (96 px images, 128 of them, the shapes preset: FPN/heads 128 wide,
+2-conv towers) to fit CI's budget on 2 cores."""
+
+import pytest
+import torch
+
+from fastdet.engine import TrainConfig, fit
+from fastdet.engine.trainer import SHAPES_MODEL_KWARGS
+
+IMAGE_SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from fastdet.data import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, split="train", num_images=128, image_size=IMAGE_SIZE, seed=0)
+    generate_shapes(root, split="val", num_images=64, image_size=IMAGE_SIZE, seed=1)
+    return root
+
+
+# Measured on this 2-core machine (shared with other jobs: load average 5-7, so wall times are ~2x
+# what the machine gives alone), 2026-12-06, with exactly this set-up (128 training images of
+# 96 px, 6 epochs of batch 4 = 192 steps, AdamW 1e-3, warm-up 50 iterations):
+#   fcos_resnet18_fpn:      see the report (run pending at commit time)
+#   retinanet_resnet18_fpn: see the report (run pending at commit time)
+# A longer FCOS run (256 images of 96 px, 6 epochs) reached box AP50 0.218 (609 s user+sys CPU,
+# 1144 s wall under that load); 128 images of 128 px, 6 epochs, 4-conv 256-wide heads: AP50 0.140.
+@pytest.mark.slow
+@pytest.mark.parametrize("model, threshold", [("fcos_resnet18_fpn", 0.05), ("retinanet_resnet18_fpn", 0.05)])
+def test_dense_learns_shapes(model, threshold, shapes, tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=model, data=str(shapes), output=str(tmp_path), epochs=6, batch_size=4, workers=0,
+                      warmup_iters=50, eval_every=0, progress=False, seed=0,
+                      model_kwargs=dict(min_size=IMAGE_SIZE, max_size=IMAGE_SIZE,
+                                        **SHAPES_MODEL_KWARGS[model.split("_")[0]]))
+    ap50 = fit(cfg)["metrics"]["bbox"]["AP50"]
+    print(model, "box AP50", ap50)
+    assert ap50 >= threshold, f"{model}: box AP50 {ap50:.3f} < {threshold}"
