@@ -10,15 +10,6 @@ from fastdet.cli import main
 from fastdet.engine.trainer import TrainConfig, model_kwargs_for
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    assert main(["shapes", str(root), "--split", "train", "--num-images", "4", "--image-size", "64", "--no-progress"]) == 0
-    assert main(["shapes", str(root), "--split", "val", "--num-images", "2", "--image-size", "64", "--seed", "1",
-                 "--no-progress"]) == 0
-    return root
-
-
 @pytest.mark.parametrize("model, losses", [("retinanet_resnet18_fpn", {"classification", "bbox_regression"}),
                                            ("fcos_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness"})])
 def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
