@@ -1,5 +1,10 @@
 """Shared fixtures of the engine tests."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from fastdet.cli import main
@@ -13,3 +18,21 @@ def shapes(tmp_path_factory):
     assert main(["shapes", str(root), "--split", "val", "--num-images", "3", "--image-size", "64", "--seed", "1",
                  "--no-progress"]) == 0
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def torchrun():
+    """run(args) -> CompletedProcess of `fastdet <args>` in two CPU processes under torchrun (gloo)."""
+    def run(args):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "fastdet.cli", *args, "--device", "cpu", "--no-progress"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    return run

@@ -131,3 +131,15 @@ def test_models_lists_the_task(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "unet  (semantic segmentation)" in out and "maskrcnn_resnet18_fpn  (masks)" in out
+
+
+def test_torchrun_two_processes_sum_one_confusion_matrix(shapes, tmp_path, torchrun):
+    out = tmp_path / "ddp"
+    proc = torchrun(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--crop-size", "32", "--epochs", "1",
+                     "--batch-size", "2", "--workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = _log(out)
+    # 6 images over 2 ranks -> 3 per rank -> 2 steps; the 3 validation images are split 2 + 1 (no
+    # padding sampler duplicating one), so the summed matrix counts every pixel exactly once
+    assert record["world_size"] == 2 and record["iterations"] == 2
+    assert record["metrics"]["pixels"] == 3 * 64 * 64

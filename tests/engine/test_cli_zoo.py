@@ -2,10 +2,6 @@
 -> detect, the errors users hit, and two-process DDP training on gloo under torchrun."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -94,19 +90,10 @@ def test_model_arg_needs_key_and_value(capsys):
     assert e.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_processes_gloo(shapes, tmp_path):
+def test_torchrun_two_processes_gloo(shapes, tmp_path, torchrun):
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "fastdet.cli", "train", *MODEL, "--data", str(shapes), "--output", str(out), "--epochs", "1",
-           "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = torchrun(["train", *MODEL, "--data", str(shapes), "--output", str(out), "--epochs", "1",
+                     "--batch-size", "2", "--workers", "0"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = _log(out)
     # 6 images over 2 ranks -> 3 per rank -> 2 steps of batch 2 each; metrics gathered from both ranks

@@ -139,8 +139,12 @@ def prepare_data(cfg: TrainConfig, ctx: distributed.Context, task) -> Path:
 
 
 def _loader(dataset, cfg: TrainConfig, ctx: distributed.Context, *, train: bool, task) -> DataLoader:
-    if ctx.distributed:
-        sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
+    if ctx.distributed and train:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed)
+    elif ctx.distributed:
+        # every rank evaluates its own share, each sample once (DistributedSampler would repeat
+        # samples to even the shares out, and a repeated image would count twice in the metrics)
+        sampler = range(ctx.rank, len(dataset), ctx.world_size)
     elif train:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
     else:
