@@ -2,7 +2,7 @@
 this package merges them into one."""
 
 from .anchors import AnchorGenerator
-from . import faster_rcnn
+from . import faster_rcnn, yolox
 from .faster_rcnn import (
     FasterRCNN,
     GeneralizedRCNN,
@@ -27,11 +27,12 @@ from .roi_heads import (
 )
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
+from .yolox import YOLOX, YOLOXExport, YOLOXHead, YOLOXTransform, yolox_l, yolox_m, yolox_nano, yolox_s, yolox_tiny, yolox_x
 
-BUILDERS = {**faster_rcnn.BUILDERS}
+BUILDERS = {**faster_rcnn.BUILDERS, **yolox.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
     "RPNHead", "RoIHeads", "TwoMLPHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads",
-    "MaskRCNNPredictor", "paste_masks_in_image", *BUILDERS,
+    "MaskRCNNPredictor", "paste_masks_in_image", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
 ]
