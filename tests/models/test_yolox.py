@@ -18,26 +18,22 @@ with warnings.catch_warnings():  # thop (imported by yolox.utils) uses distutils
     from yolox.utils import postprocess
 
 from fastdet import models  # noqa: E402
-from fastdet.models.detection.yolox import YOLOXTransform, xyxy_to_cxcywh  # noqa: E402
+from fastdet.models.detection.yolox import _CONFIGS as CONFIGS  # noqa: E402
+from fastdet.models.detection.yolox import YOLOXExport, YOLOXTransform, xyxy_to_cxcywh  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # the official head's torch.cuda.amp.autocast
 
-# name: (depth, width, depthwise, default input size), the official exps
-CONFIGS = {
-    "yolox_nano": (0.33, 0.25, True, 416),
-    "yolox_tiny": (0.33, 0.375, False, 416),
-    "yolox_s": (0.33, 0.50, False, 640),
-    "yolox_m": (0.67, 0.75, False, 640),
-    "yolox_l": (1.0, 1.0, False, 640),
-    "yolox_x": (1.33, 1.25, False, 640),
-}
+# Parameters (millions, 80 classes) of each size in the official README's model table: checks
+# fastdet's depth / width / depthwise settings (which both models below are built with).
+README_PARAMS_M = {"yolox_nano": 0.91, "yolox_tiny": 5.06, "yolox_s": 9.0, "yolox_m": 25.3, "yolox_l": 54.2,
+                   "yolox_x": 99.1}
 NUM_CLASSES = 3
 
 
 def official(name, num_classes=NUM_CLASSES):
     """The official model as its exp's get_model builds it (BatchNorm eps 1e-3 / momentum 0.03,
     prior-probability biases)."""
-    depth, width, depthwise, _ = CONFIGS[name]
+    depth, width, depthwise, _ = CONFIGS[name]  # fastdet's table, checked against the README's sizes
     model = OfficialYOLOX(YOLOPAFPN(depth, width, depthwise=depthwise),
                           YOLOXHead(num_classes, width, depthwise=depthwise))
     for m in model.modules():
@@ -87,7 +83,8 @@ def official_labels(targets):
 
 def test_registry():
     assert set(CONFIGS) <= set(models.list_models())
-    for name, (_, _, _, size) in CONFIGS.items():
+    for name in CONFIGS:
+        size = 416 if name in ("yolox_nano", "yolox_tiny") else 640  # the official exps' input sizes
         model = models.build_model(name, num_classes=2)
         assert model.transform.input_size == (size, size) and model.num_classes == 2 and model.training
     assert models.yolox_s().num_classes == 80
@@ -97,8 +94,10 @@ def test_registry():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_state_dict_keys_match_official(name):
     ref = {k: v.shape for k, v in official(name, num_classes=80).state_dict().items()}
-    ours = {k: v.shape for k, v in models.build_model(name).state_dict().items()}
-    assert ours == ref
+    model = models.build_model(name)
+    assert {k: v.shape for k, v in model.state_dict().items()} == ref
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params - README_PARAMS_M[name]) < 0.01 * README_PARAMS_M[name]
 
 
 @pytest.mark.parametrize("name, size", [("yolox_nano", 128), ("yolox_tiny", 96)])
@@ -201,6 +200,25 @@ def test_training_forward_scales_targets():
     assert all(p.grad is not None for p in ours.parameters())
 
 
+def test_label_offset():
+    _, ours = pair("yolox_nano", 96, score_thresh=0.3)
+    _, shifted = pair("yolox_nano", 96, score_thresh=0.3, label_offset=1)
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(6)) * 255
+    with torch.no_grad():
+        num, _, _, labels = ours.detect(x)
+        num_shifted, _, _, labels_shifted = shifted.detect(x)
+    assert torch.equal(num, num_shifted) and int(num.sum()) > 0
+    assert torch.equal(labels_shifted, torch.where(labels >= 0, labels + 1, -1))
+    g = torch.Generator().manual_seed(7)
+    targets = [random_targets(3, 96, g), random_targets(0, 96, g)]
+    expected = ours.train().loss(x, targets)
+    got = shifted.train().loss(x, [{**t, "labels": t["labels"] + 1} for t in targets])
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k])
+    with pytest.raises(ValueError, match=r"YOLOX: targets\[0\]\['labels'\] must be in \[1, 4\)"):
+        shifted([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([0])}])
+
+
 def test_no_detections():
     _, ours = pair("yolox_nano", 128, score_thresh=1.0)
     with torch.no_grad():
@@ -234,6 +252,8 @@ def test_bad_arguments():
         models.yolox_nano(num_classes=0)
     with pytest.raises(ValueError, match="YOLOX: score_thresh and nms_thresh must be in"):
         models.yolox_nano(score_thresh=-0.1)
+    with pytest.raises(ValueError, match="YOLOX: label_offset must be >= 0"):
+        models.yolox_nano(label_offset=-1)
     with pytest.raises(ValueError, match="YOLOX: detections_per_img must be >= 1"):
         models.yolox_nano(detections_per_img=0)
     with pytest.raises(RuntimeError, match="simota_assign: rule must be one of"):
@@ -245,13 +265,13 @@ def test_bad_arguments():
     good = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([1])}
     with pytest.raises(ValueError, match="YOLOX: targets are required in training mode"):
         model([image])
-    with pytest.raises(ValueError, match=r"YOLOX: images\[0\] must have shape \[3, H, W\]"):
+    with pytest.raises(ValueError, match=r"YOLOX: images\[0\] must have shape \[3, H, W\] \(RGB\)"):
         model([torch.rand(1, 64, 64)], [good])
     with pytest.raises(ValueError, match="YOLOX: images is empty"):
         model([], [])
     with pytest.raises(ValueError, match="YOLOX: targets must be a list with one dict per image"):
         model([image], [good, good])
-    with pytest.raises(ValueError, match=r"YOLOX: targets\[0\]\['boxes'\] must be a Tensor\[N, 4\]"):
+    with pytest.raises(ValueError, match=r"YOLOX: targets\[0\]\['boxes'\] must have shape \[N, 4\]"):
         model([image], [{"boxes": torch.zeros(4), "labels": torch.zeros(1, dtype=torch.long)}])
     with pytest.raises(ValueError, match=r"YOLOX: targets\[0\]\['labels'\] must be a Tensor\[N\]"):
         model([image], [{"boxes": good["boxes"]}])
@@ -261,3 +281,26 @@ def test_bad_arguments():
         model([image], [{"boxes": good["boxes"], "labels": torch.tensor([2])}])
     with pytest.raises(TypeError, match="YOLOXTransform: images must be floating point"):
         model([torch.zeros(3, 64, 64, dtype=torch.uint8)], [good])
+
+
+def test_onnx_export_with_nms_matches_eager():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import fastdet.onnx
+
+    _, ours = pair("yolox_nano", 64, score_thresh=0.3, detections_per_img=50)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(YOLOXExport(ours), (x,), dynamo=True, opset_version=19,
+                                 custom_translation_table=fastdet.onnx.onnx_translation_table())
+    assert "NonMaxSuppression" in {n.op_type for n in prog.model_proto.graph.node}
+    sess = ort.InferenceSession(prog.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = [torch.from_numpy(o) for o in sess.run(None, {sess.get_inputs()[0].name: x.numpy()})]
+    with torch.no_grad():
+        expected = ours.detect(x)
+    assert int(expected[0].sum()) > 5
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[3], expected[3])
+    # random weights give boxes up to ~1e8 px (exp of large raw sizes): relative agreement
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-6)

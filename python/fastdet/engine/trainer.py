@@ -62,17 +62,28 @@ class TrainConfig:
 _RCNN_SMALL = dict(representation_size=256, box_batch_size_per_image=128, rpn_pre_nms_top_n_train=600,
                    rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100)
 SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, mask_head_width=64)}
+# The builder arguments that set the input size to the shapes' image size, by family (default: the
+# R-CNN transform's min_size and max_size). YOLOX letterboxes to a square input_size.
+SHAPES_SIZE_ARGS = {"yolox": ("input_size",)}
+# Families whose classifier has no background class: they get the K real classes, and labels
+# 1..K of fastdet's datasets as class channel + 1.
+NO_BACKGROUND = frozenset({"yolox"})
 
 
 def model_kwargs_for(cfg: TrainConfig, num_classes: int) -> dict:
-    """The builder's keyword arguments: num_classes from the data, the shapes preset when the data
-    is generated, then the user's model_kwargs."""
+    """The builder's keyword arguments: num_classes from the data (without the background and with
+    label_offset=1 for the NO_BACKGROUND families), the shapes preset when the data is generated,
+    then the user's model_kwargs."""
     kwargs: dict = {}
+    family = cfg.model.split("_")[0]
     if cfg.data is None:
-        kwargs.update(min_size=cfg.shapes_image_size, max_size=cfg.shapes_image_size)
-        kwargs.update(SHAPES_MODEL_KWARGS.get(cfg.model.split("_")[0], {}))
+        kwargs.update(dict.fromkeys(SHAPES_SIZE_ARGS.get(family, ("min_size", "max_size")), cfg.shapes_image_size))
+        kwargs.update(SHAPES_MODEL_KWARGS.get(family, {}))
     kwargs.update(cfg.model_kwargs)
-    kwargs["num_classes"] = num_classes
+    if family in NO_BACKGROUND:
+        kwargs.update(num_classes=num_classes - 1, label_offset=1)
+    else:
+        kwargs["num_classes"] = num_classes
     return kwargs
 
 

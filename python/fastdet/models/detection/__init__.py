@@ -27,7 +27,18 @@ from .roi_heads import (
 )
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
-from .yolox import YOLOX, YOLOXExport, YOLOXHead, YOLOXTransform, yolox_l, yolox_m, yolox_nano, yolox_s, yolox_tiny, yolox_x
+from .yolox import (
+    YOLOX,
+    YOLOXExport,
+    YOLOXHead,
+    YOLOXTransform,
+    yolox_l,
+    yolox_m,
+    yolox_nano,
+    yolox_s,
+    yolox_tiny,
+    yolox_x,
+)
 
 BUILDERS = {**faster_rcnn.BUILDERS, **yolox.BUILDERS}
 

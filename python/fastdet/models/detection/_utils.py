@@ -1,4 +1,5 @@
-"""Box coding, matching and sampling for the two-stage detectors.
+"""Box coding, matching and sampling for the two-stage detectors, and the input checks every
+detector's forward shares.
 
 The numerics follow torchvision.models.detection._utils (Faster R-CNN, Ren et al. 2015; the
 delta parametrisation of R-CNN, Girshick et al. 2014) so that torchvision weights give the same
@@ -8,6 +9,7 @@ detections; the implementation is fastdet's.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -25,6 +27,31 @@ class ImageList(NamedTuple):
 
     tensors: Tensor
     image_sizes: list[tuple[int, int]]
+
+
+def check_detection_inputs(name: str, images, targets, training: bool) -> None:
+    """The forward contract of the zoo's detectors: images a non-empty list of Tensor[C, H, W];
+    targets required in training mode, one dict per image with boxes Tensor[N, 4]. A violation is
+    a ValueError naming the model ``name``."""
+    if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
+        raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
+    for i, im in enumerate(images):
+        if im.dim() != 3:
+            raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
+    if training and targets is None:
+        raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
+    if targets is None:
+        return
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
+    for i, t in enumerate(targets):
+        boxes = t.get("boxes") if isinstance(t, Mapping) else None
+        if not isinstance(boxes, Tensor):
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ Nothing is ever downloaded: ``weights`` / ``weights_backbone`` take a local file
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from fastdet.ops import MultiScaleRoIAlign
 
 from .._weights import load_weights, local_path, num_classes_from, set_frozen_bn_eps, trainable_layers
+from ._utils import check_detection_inputs
 from .anchors import AnchorGenerator
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
@@ -53,30 +53,8 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    def _check_inputs(self, images, targets) -> None:
-        name = type(self).__name__
-        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
-            raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
-        if len(images) == 0:
-            raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
-        for i, im in enumerate(images):
-            if im.dim() != 3:
-                raise ValueError(f"{name}: images[{i}] must have shape [C, H, W], got {list(im.shape)}")
-        if self.training and targets is None:
-            raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
-        if targets is None:
-            return
-        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-            raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
-        for i, t in enumerate(targets):
-            boxes = t.get("boxes") if isinstance(t, Mapping) else None
-            if not isinstance(boxes, Tensor):
-                raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got {type(boxes).__name__}")
-            if boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
-
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        self._check_inputs(images, targets)
+        check_detection_inputs(type(self).__name__, images, targets, self.training)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets = self.transform(list(images), targets)
         if targets is not None:

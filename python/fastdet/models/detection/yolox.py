@@ -7,15 +7,14 @@ parts: the training loss is batched over images on ``fastdet.ops.simota_assign``
 truths, fixed shapes, no per-image loop and no host synchronisation) and ``box_iou``; inference is
 decode + ``fastdet.ops.multiclass_nms`` (fixed-shape, exportable to ONNX with the NMS inside).
 
-Labels are class indices in [0, num_classes) (no background class). fastdet's COCO datasets number
-their classes 1..K (0 is the background of the R-CNNs): build with ``num_classes=len(dataset.classes)``
-and class 0 is simply never a target, as in torchvision's RetinaNet/FCOS.
+The classifier has no background class: class channel c is label c (as the official checkpoints),
+or c + label_offset. fastdet's COCO datasets number their classes 1..K (0 is the R-CNNs'
+background), so ``fastdet train`` builds YOLOX with num_classes=K, label_offset=1.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from fastdet.ops import SimOTAAssigner, box_iou, multiclass_nms
 
 from .._weights import load_weights, local_path, num_classes_from
+from ._utils import check_detection_inputs
 from .csp_darknet import PAFPN, ConvBNAct, conv_block
 
 STRIDES = (8, 16, 32)
@@ -238,11 +238,13 @@ class YOLOX(nn.Module):
         use_l1: add the L1 loss (the official switches it on for the last 15 no-augmentation epochs).
         simota_rule: ``SimOTAAssigner`` preset, "yolox-0.3.0" (the official package's, default) or
             "yolox" (the current YOLOX main branch's centre-region rule).
+        label_offset: labels (of targets and detections) are class channel + label_offset (1 for
+            fastdet's datasets, whose label 0 is the background).
 
     forward(images: list[Tensor[3, H, W]] RGB in [0, 1], targets=None):
       train mode: targets list[dict(boxes Tensor[N, 4] xyxy pixels, labels Tensor[N] int64 in
-      [0, num_classes))] -> {"loss_iou", "loss_obj", "loss_cls"(, "loss_l1")} (their sum is the
-      official total loss); eval mode: list[dict(boxes Tensor[K, 4] xyxy in original pixels,
+      [label_offset, label_offset + num_classes))] -> {"loss_iou", "loss_obj", "loss_cls"(, "loss_l1")}
+      (their sum is the official total loss); eval mode: list[dict(boxes Tensor[K, 4] xyxy in original pixels,
       scores Tensor[K], labels Tensor[K] int64)].
     :meth:`network` is the raw network (batch tensor in, the official inference output out), and
     :meth:`detect` the fixed-shape detections of a batch tensor (what :class:`YOLOXExport` exports).
@@ -250,7 +252,7 @@ class YOLOX(nn.Module):
 
     def __init__(self, num_classes: int = 80, depth: float = 1.0, width: float = 1.0, depthwise: bool = False,
                  input_size=640, score_thresh: float = 0.01, nms_thresh: float = 0.65, detections_per_img: int = 100,
-                 use_l1: bool = False, simota_rule: str = "yolox-0.3.0"):
+                 use_l1: bool = False, simota_rule: str = "yolox-0.3.0", label_offset: int = 0):
         super().__init__()
         name = type(self).__name__
         if int(num_classes) < 1:
@@ -262,6 +264,8 @@ class YOLOX(nn.Module):
             raise ValueError(f"{name}: input_size must be a positive multiple of 32 (int or (h, w)), got {input_size}")
         if not 0.0 <= score_thresh <= 1.0 or not 0.0 <= nms_thresh <= 1.0:
             raise ValueError(f"{name}: score_thresh and nms_thresh must be in [0, 1], got {score_thresh}, {nms_thresh}")
+        if int(label_offset) < 0:
+            raise ValueError(f"{name}: label_offset must be >= 0, got {label_offset}")
         if int(detections_per_img) < 1:
             raise ValueError(f"{name}: detections_per_img must be >= 1, got {detections_per_img}")
         self.transform = YOLOXTransform(size)
@@ -271,6 +275,7 @@ class YOLOX(nn.Module):
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
         self.use_l1 = bool(use_l1)
+        self.label_offset = int(label_offset)
 
     @property
     def num_classes(self) -> int:
@@ -304,44 +309,34 @@ class YOLOX(nn.Module):
         k = self.detections_per_img
         num, boxes, scores, labels, _ = multiclass_nms(cxcywh_to_xyxy(out[..., :4]), scores, self.score_thresh,
                                                        self.nms_thresh, k, k)
-        return num, boxes, scores, labels
+        return num, boxes, scores, torch.where(labels >= 0, labels + self.label_offset, labels)
 
     def loss(self, batch: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Training losses of a batch tensor with targets in its frame (see yolox_loss)."""
         raw, grid, stride = self.raw_outputs(batch)
         gt_boxes, gt_labels, gt_mask = pad_targets(targets, raw.dtype, raw.device)
-        return yolox_loss(raw, grid, stride, gt_boxes, gt_labels, gt_mask, self.assigner, self.use_l1)
+        # labels -> class channels (padding rows keep label 0)
+        return yolox_loss(raw, grid, stride, gt_boxes, gt_labels - self.label_offset * gt_mask, gt_mask, self.assigner,
+                          self.use_l1)
 
     def _check_inputs(self, images, targets) -> None:
         name = type(self).__name__
-        if not isinstance(images, (list, tuple)) or not all(isinstance(im, Tensor) for im in images):
-            raise ValueError(f"{name}: images must be a list of Tensor[3, H, W], got {type(images).__name__}")
-        if len(images) == 0:
-            raise ValueError(f"{name}: images is empty; pass at least one Tensor[3, H, W]")
+        check_detection_inputs(name, images, targets, self.training)
         for i, im in enumerate(images):
-            if im.dim() != 3 or im.shape[0] != 3:
-                raise ValueError(f"{name}: images[{i}] must have shape [3, H, W], got {list(im.shape)}")
-        if self.training and targets is None:
-            raise ValueError(f"{name}: targets are required in training mode (model.eval() for inference)")
-        if targets is None:
-            return
-        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-            raise ValueError(f"{name}: targets must be a list with one dict per image ({len(images)})")
-        for i, t in enumerate(targets):
-            boxes = t.get("boxes") if isinstance(t, Mapping) else None
-            labels = t.get("labels") if isinstance(t, Mapping) else None
-            if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"{name}: targets[{i}]['boxes'] must be a Tensor[N, 4], got "
-                                 f"{list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__}")
+            if im.shape[0] != 3:
+                raise ValueError(f"{name}: images[{i}] must have shape [3, H, W] (RGB), got {list(im.shape)}")
+        for i, t in enumerate(targets or ()):
+            boxes, labels = t["boxes"], t.get("labels")
             if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
                 raise ValueError(f"{name}: targets[{i}]['labels'] must be a Tensor[N] (N = {len(boxes)} boxes)")
             bad_box = (boxes[:, 2:] <= boxes[:, :2]).any()
-            bad_label = ((labels < 0) | (labels >= self.num_classes)).any()
+            low = self.label_offset
+            bad_label = ((labels < low) | (labels >= low + self.num_classes)).any()
             if bool(bad_box | bad_label):  # one host synchronisation for both checks
                 if bad_box:
                     raise ValueError(f"{name}: targets[{i}]['boxes'] has a box with no positive width and height")
-                raise ValueError(f"{name}: targets[{i}]['labels'] must be in [0, {self.num_classes}), got "
-                                 f"{labels.tolist()}")
+                raise ValueError(f"{name}: targets[{i}]['labels'] must be in [{low}, {low + self.num_classes}), "
+                                 f"got {labels.tolist()}")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         self._check_inputs(images, targets)
@@ -393,14 +388,15 @@ def _builder(name: str):
         return model
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"""YOLOX-{name[6:]} (depth {depth}, width {width}{", depthwise" if depthwise else ""}, input {size} px).
+    convs = ", depthwise" if depthwise else ""
+    build.__doc__ = f"""YOLOX-{name[6:]} (depth {depth}, width {width}{convs}, input {size} px).
 
     Args:
         weights: None or a local checkpoint path: an official YOLOX checkpoint (its "model" entry is
             used) or a state dict. Loaded strictly; never downloads (a URL is a ValueError).
         num_classes: classes without background (default: the checkpoint's, else 80).
         **kwargs: YOLOX arguments (input_size, score_thresh, nms_thresh, detections_per_img, use_l1,
-            simota_rule).
+            simota_rule, label_offset).
 
     Returns a YOLOX in training mode.
     """
