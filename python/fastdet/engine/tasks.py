@@ -48,8 +48,8 @@ class DetectionTask:
     def model_kwargs(self, cfg, generated: bool) -> dict:
         """Builder arguments the task adds on the generated shapes data: the images' own size (square,
         ``cfg.shapes_image_size`` px). SSD resizes every image to a fixed ``size`` (SSDlite takes it;
-        SSD300 keeps its 300 px, as its VGG extra layers shrink to nothing below ~260 px); the others
-        scale to min_size / max_size."""
+        SSD300 keeps its 300 px, as its VGG extra layers shrink to nothing below ~260 px); YOLOX
+        letterboxes to a square input_size; the others scale to min_size / max_size."""
         if not generated:
             return {}
         family, side = self.model_name.split("_")[0], cfg.shapes_image_size
@@ -57,6 +57,8 @@ class DetectionTask:
             return {}
         if family == "ssdlite320":
             return {"size": (side, side)}
+        if family == "yolox":
+            return {"input_size": side}
         return {"min_size": side, "max_size": side}
 
     def to_device(self, images, targets, device):

@@ -78,17 +78,25 @@ _DENSE_SMALL = dict(num_convs=2, fpn_channels=128, topk_candidates=300, detectio
 SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, mask_head_width=64),
                        "retinanet": dict(_DENSE_SMALL, anchor_sizes=(8, 16, 32, 64, 128)), "fcos": _DENSE_SMALL,
                        "unet": dict(base_width=16), "ssdlite320": dict(min_ratio=0.1, max_ratio=0.9)}
+# Families whose classifier has no background class: they get the K real classes, and labels
+# 1..K of fastdet's datasets as class channel + 1.
+NO_BACKGROUND = frozenset({"yolox"})
 
 
 def model_kwargs_for(cfg: TrainConfig, num_classes: int) -> dict:
-    """The builder's keyword arguments: num_classes from the data, the shapes preset when the data
-    is generated (the task's, then SHAPES_MODEL_KWARGS), then the user's model_kwargs."""
+    """The builder's keyword arguments: num_classes from the data (without the background and with
+    label_offset=1 for the NO_BACKGROUND families), the shapes preset when the data is generated
+    (the task's, then SHAPES_MODEL_KWARGS), then the user's model_kwargs."""
     kwargs: dict = {}
+    family = cfg.model.split("_")[0]
     if cfg.data is None:
         kwargs.update(tasks.for_model(cfg.model).model_kwargs(cfg, generated=True))
-        kwargs.update(SHAPES_MODEL_KWARGS.get(cfg.model.split("_")[0], {}))
+        kwargs.update(SHAPES_MODEL_KWARGS.get(family, {}))
     kwargs.update(cfg.model_kwargs)
-    kwargs["num_classes"] = num_classes
+    if family in NO_BACKGROUND:
+        kwargs.update(num_classes=num_classes - 1, label_offset=1)
+    else:
+        kwargs["num_classes"] = num_classes
     return kwargs
 
 

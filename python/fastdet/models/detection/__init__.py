@@ -2,7 +2,7 @@
 this package merges them into one."""
 
 from .anchors import AnchorGenerator, DefaultBoxGenerator
-from . import faster_rcnn, fcos, retinanet, ssd, ssdlite
+from . import faster_rcnn, fcos, retinanet, ssd, ssdlite, yolox
 from .dense import DenseDetector
 from .faster_rcnn import (
     FasterRCNN,
@@ -40,8 +40,20 @@ from .rpn import RegionProposalNetwork, RPNHead
 from .ssd import SSD, SSDFeatureExtractorVGG, SSDHead, SSDScoringHead, ssd300_vgg16
 from .ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead, ssdlite320_mobilenet_v3_large
 from .transform import RCNNTransform
+from .yolox import (
+    YOLOX,
+    YOLOXExport,
+    YOLOXHead,
+    YOLOXTransform,
+    yolox_l,
+    yolox_m,
+    yolox_nano,
+    yolox_s,
+    yolox_tiny,
+    yolox_x,
+)
 
-BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **ssd.BUILDERS, **ssdlite.BUILDERS}
+BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **ssd.BUILDERS, **ssdlite.BUILDERS, **yolox.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
@@ -49,5 +61,5 @@ __all__ = [
     "MaskRCNNPredictor", "paste_masks_in_image", "DenseDetector", "RetinaNet", "RetinaNetHead",
     "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead",
     "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead", "SSDLiteHead", "SSDFeatureExtractorVGG",
-    "SSDLiteFeatureExtractorMobileNet", *BUILDERS,
+    "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
 ]
