@@ -72,7 +72,7 @@ def input_size_kwargs(family: str, image_size: int) -> dict:
     VGG extra layers shrink to nothing below ~260 px); the others scale to min_size / max_size."""
     if family == "ssd300":
         return {}
-    if family == "ssdlite320":
+    if family in ("ssdlite320", "ssd"):  # ssdlite320_mobilenet_v3_large, ssd_resnet18
         return {"size": (image_size, image_size)}
     return {"min_size": image_size, "max_size": image_size}
 

@@ -26,7 +26,15 @@ from .roi_heads import (
     paste_masks_in_image,
 )
 from .rpn import RegionProposalNetwork, RPNHead
-from .ssd import SSD, SSDFeatureExtractorVGG, SSDHead, SSDScoringHead, ssd300_vgg16
+from .ssd import (
+    SSD,
+    SSDFeatureExtractorResNet,
+    SSDFeatureExtractorVGG,
+    SSDHead,
+    SSDScoringHead,
+    ssd300_vgg16,
+    ssd_resnet18,
+)
 from .ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead, ssdlite320_mobilenet_v3_large
 from .transform import RCNNTransform
 
@@ -36,5 +44,5 @@ __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
     "RPNHead", "RoIHeads", "TwoMLPHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads",
     "MaskRCNNPredictor", "paste_masks_in_image", "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead",
-    "SSDLiteHead", "SSDFeatureExtractorVGG", "SSDLiteFeatureExtractorMobileNet", *BUILDERS,
+    "SSDLiteHead", "SSDFeatureExtractorVGG", "SSDFeatureExtractorResNet", "SSDLiteFeatureExtractorMobileNet", *BUILDERS,
 ]
