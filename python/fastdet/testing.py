@@ -96,10 +96,10 @@ def cuda_graph_replay(fn, inputs, new_inputs, grad_inputs: tuple[int, ...] = (),
 
 def calibrate_batchnorm(model, size: int, num_images: int = 1) -> None:
     """Set a detector's BatchNorm statistics from ``num_images`` random images (``size`` px high, 4/3
-    as wide; SSDlite's 1x1 maps need 2), through its ``transform`` and ``backbone``: random-weight models otherwise have vanishing or
-    saturated features, so nearly every score ties or is 0, parity checks compare tie orders and
-    post-processing (NMS over ~90 classes, mask pasting) does far less work than with trained weights.
-    Leaves the model in training mode."""
+    as wide; SSDlite's 1x1 maps need 2), through its ``transform`` and ``backbone``: random-weight
+    models otherwise have vanishing or saturated features, so nearly every score ties or is 0,
+    parity checks compare tie orders and post-processing (NMS over ~90 classes, mask pasting) does
+    far less work than with trained weights. Leaves the model in training mode."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
     for m in norms:

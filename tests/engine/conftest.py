@@ -20,6 +20,18 @@ def shapes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def learning_shapes(tmp_path_factory):
+    """The learning tests' data: 256 generated training images of 128 px (seed 0) and 64 held-out
+    validation images (seed 1), made once per session."""
+    from fastdet.data import generate_shapes
+
+    root = tmp_path_factory.mktemp("learning_shapes")
+    generate_shapes(root, split="train", num_images=256, seed=0, progress=False)
+    generate_shapes(root, split="val", num_images=64, seed=1, progress=False)
+    return root
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,6 +15,7 @@ SSDLITE = "ssdlite320_mobilenet_v3_large"
 
 @pytest.mark.parametrize("model, expected", [
     (SSDLITE, dict(size=(96, 96), min_ratio=0.1, max_ratio=0.9)),
+    ("ssd_resnet18", dict(size=(96, 96))),
     ("ssd300_vgg16", {}),  # keeps its 300 px: VGG's extra layers need >= ~260 px
     ("fasterrcnn_resnet18_fpn", dict(min_size=96, max_size=96)),
 ])

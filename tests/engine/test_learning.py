@@ -10,19 +10,6 @@ from fastdet.engine import TrainConfig, fit
 from fastdet.engine.trainer import SHAPES_MODEL_KWARGS
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from fastdet.data import generate_shapes
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes(root, split="train", num_images=TRAIN_IMAGES, seed=0)
-    generate_shapes(root, split="val", num_images=64, seed=1)
-    return root
-
-
-TRAIN_IMAGES = 256
-
-
 # Measured on this 2-core machine with exactly this set-up (256 training images of 128 px, 12 epochs,
 # AdamW 1e-3, lr / 10 after epochs 8 and 11), 2026-11-27, two runs (this test; a run evaluated on
 # another generated validation split): Faster R-CNN box AP50 0.418 / 0.41; Mask R-CNN box AP50
@@ -33,9 +20,9 @@ TRAIN_IMAGES = 256
     ("fasterrcnn_resnet18_fpn", 12, {("bbox", "AP50"): 0.3}),
     ("maskrcnn_resnet18_fpn", 12, {("bbox", "AP50"): 0.3, ("segm", "AP50"): 0.3}),
 ])
-def test_rcnn_learns_shapes(model, epochs, thresholds, shapes, tmp_path):
+def test_rcnn_learns_shapes(model, epochs, thresholds, learning_shapes, tmp_path):
     torch.manual_seed(0)
-    cfg = TrainConfig(model=model, data=str(shapes), output=str(tmp_path), epochs=epochs, batch_size=4, workers=0,
+    cfg = TrainConfig(model=model, data=str(learning_shapes), output=str(tmp_path), epochs=epochs, batch_size=4, workers=0,
                       warmup_iters=50, eval_every=0, progress=False, seed=0,
                       model_kwargs=dict(min_size=128, max_size=128, **SHAPES_MODEL_KWARGS[model.split("_")[0]]))
     result = fit(cfg)

@@ -62,12 +62,8 @@ THRESHOLD = 0.2
 # (lr steps 14, 18); epochs 5 and 10 of a correct run are at 0.02 and 0.14, a broken assignment
 # stays near 0. YOLOX-nano (depthwise, width 0.25) learns far slower here: 0.15 after 30 epochs.
 @pytest.mark.slow
-def test_yolox_learns_shapes(tmp_path):
-    from fastdet.data import generate_shapes
-
-    data = tmp_path / "shapes"
-    generate_shapes(data, split="train", num_images=256, seed=0, progress=False)
-    generate_shapes(data, split="val", num_images=64, seed=1, progress=False)
+def test_yolox_learns_shapes(learning_shapes, tmp_path):
+    data = learning_shapes
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # measured with one thread; on 2 busy cores a second thread only adds overhead
     try:

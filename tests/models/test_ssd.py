@@ -255,6 +255,29 @@ def test_ssdlite_small_input_size_and_scales():
     assert m.anchor_generator._cache and next(iter(m.anchor_generator._cache.values())).shape[0] == 6 * (48 + 12 + 4 + 3)
 
 
+def test_ssd_resnet18_small_configuration(tmp_path):
+    """fastdet's own configuration (no torchvision counterpart): builds, trains, round-trips weights."""
+    m = models.build_model("ssd_resnet18", num_classes=5, size=(128, 128))
+    assert m.backbone.out_channels == [128, 256, 512, 256, 256]
+    assert all(p.requires_grad for p in m.parameters())  # from scratch: everything trains
+    ims = images()
+    losses = m(ims, make_targets(ims))
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert m.backbone.stem[0].weight.grad.abs().sum() > 0 and m.backbone.stem[1].weight.grad.abs().sum() > 0
+    assert m.backbone.extra[1][1][0].weight.grad is not None  # (zero here: no box matches the 1x1 map's)
+    path = tmp_path / "ssd_r18.pth"
+    torch.save(m.state_dict(), path)
+    loaded = models.ssd_resnet18(weights=path, size=(128, 128)).eval()  # num_classes 5 from the checkpoint
+    assert loaded.head.classification_head.num_columns == 5
+    assert not loaded.backbone.stem[0].weight.requires_grad and loaded.backbone.stages[0][0].conv1.weight.requires_grad
+    m.eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():  # the same weights and BatchNorm statistics (frozen after loading)
+        torch.testing.assert_close(loaded.head(list(loaded.backbone(x).values()))["cls_logits"],
+                                   m.head(list(m.backbone(x).values()))["cls_logits"], rtol=1e-4, atol=1e-4)
+
+
 # ---- errors ---------------------------------------------------------------------------------------------
 
 

@@ -55,7 +55,7 @@ class DetectionTask:
         family, side = self.model_name.split("_")[0], cfg.shapes_image_size
         if family == "ssd300":
             return {}
-        if family == "ssdlite320":
+        if family in ("ssdlite320", "ssd"):  # ssdlite320_mobilenet_v3_large, ssd_resnet18
             return {"size": (side, side)}
         if family == "yolox":
             return {"input_size": side}

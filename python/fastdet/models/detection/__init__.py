@@ -37,7 +37,15 @@ from .roi_heads import (
     paste_masks_in_image,
 )
 from .rpn import RegionProposalNetwork, RPNHead
-from .ssd import SSD, SSDFeatureExtractorVGG, SSDHead, SSDScoringHead, ssd300_vgg16
+from .ssd import (
+    SSD,
+    SSDFeatureExtractorResNet,
+    SSDFeatureExtractorVGG,
+    SSDHead,
+    SSDScoringHead,
+    ssd300_vgg16,
+    ssd_resnet18,
+)
 from .ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead, ssdlite320_mobilenet_v3_large
 from .transform import RCNNTransform
 from .yolox import (
@@ -61,5 +69,5 @@ __all__ = [
     "MaskRCNNPredictor", "paste_masks_in_image", "DenseDetector", "RetinaNet", "RetinaNetHead",
     "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead",
     "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead", "SSDLiteHead", "SSDFeatureExtractorVGG",
-    "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
+    "SSDFeatureExtractorResNet", "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
 ]
