@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from ._harness import Case
+
 
 def calibrate(model, size: int) -> None:
     """Set the BatchNorm statistics from one batch of images: random-weight models otherwise have
@@ -92,3 +94,10 @@ def model_pair(name: str, size: int, device: str, tv_resnet18, **kwargs):
     ours = models.build_model(name, **kw)
     ours.load_state_dict(tv.state_dict())
     return ours.to(device), tv.to(device)
+
+
+def model_case(op: str, label: str, size: int, device: str, ours, tv, images, targets, train: bool) -> Case:
+    """The Case timing ours against tv: a training step (train) or eval-mode inference."""
+    if train:
+        return Case(op, label, size, device, fastdet=train_step(ours, images, targets), peer=train_step(tv, images, targets))
+    return Case(op, label, size, device, fastdet=infer(ours, images), peer=infer(tv, images))
