@@ -5,7 +5,6 @@ the ATSS assigner on hand-made cases."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -24,7 +23,8 @@ from fastdet.models.detection.fcos import atss_assign, fcos_assign  # noqa: E402
 from fastdet.testing import assert_same_detections  # noqa: E402
 from fastdet.testing import detection_images as images  # noqa: E402
 from fastdet.testing import detection_targets as make_targets  # noqa: E402
-from test_rcnn import pair as rcnn_pair  # noqa: E402  (tests/models on sys.path)
+from test_rcnn import assert_same_losses_and_backward, assert_same_state_dict_layout  # noqa: E402  (tests/models on sys.path)
+from test_rcnn import pair as rcnn_pair  # noqa: E402
 
 SMALL = dict(min_size=128, max_size=160)  # as test_rcnn's
 NAMES = ["retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet18_fpn",
@@ -69,16 +69,7 @@ def test_registry():
 @pytest.mark.parametrize("num_classes", [91, 7])
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_match_torchvision(name, num_classes):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tv = tv_builder(name)(weights=None, weights_backbone=None, num_classes=num_classes)
-    ours = getattr(models, name)(num_classes=num_classes)
-    tv_sd, our_sd = tv.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(tv_sd)
-    assert all(our_sd[k].shape == v.shape and our_sd[k].dtype == v.dtype for k, v in tv_sd.items())
-    ours.load_state_dict(tv_sd)  # strict
-    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, p in tv.named_parameters() if p.requires_grad}
+    assert_same_state_dict_layout(name, num_classes, tv_builder=tv_builder)
 
 
 @pytest.mark.parametrize("name", ["retinanet_resnet18_fpn", "retinanet_resnet50_fpn_v2"])
@@ -150,20 +141,7 @@ def test_eval_postprocessing_settings_and_no_detections():
                                         ("fcos_resnet18_fpn", (0,))])
 def test_training_losses_match_torchvision(name, empty):
     tv, ours = pair(name, calibrate=False, min_size=(112, 128))
-    ims = images()
-    targets = targets_for(ims, empty)
-    tv.train(), ours.train()
-    torch.manual_seed(11)
-    expected = tv(ims, targets)
-    torch.manual_seed(11)
-    got = ours(ims, targets)
-    assert list(got) == list(expected)
-    for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
-        assert torch.isfinite(got[k]) and got[k].dim() == 0
-    sum(got.values()).backward()
-    missing = [n for n, p in ours.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing[:5]
+    assert_same_losses_and_backward(tv, ours, targets_for(images(), empty), rtol=1e-5)
     assert ours.head.classification_head.cls_logits.weight.grad.abs().sum() > 0
     assert sum(p.grad.abs().sum() for p in ours.head.regression_head.parameters()) > 0
 

@@ -109,6 +109,12 @@ def test_small_config_arguments():
                                   "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn",
                                   "maskrcnn_resnet18_fpn"])
 def test_state_dict_keys_match_torchvision(name, num_classes):
+    assert_same_state_dict_layout(name, num_classes)
+
+
+def assert_same_state_dict_layout(name, num_classes, tv_builder=tv_builder):
+    """The builder `name` and torchvision's have the same state-dict keys (in order), shapes, dtypes
+    and trainable parameters, and torchvision's loads strictly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tv = tv_builder(name)(weights=None, weights_backbone=None, num_classes=num_classes)
@@ -232,15 +238,10 @@ def test_eval_zero_detections(kwargs):
 # ---- training -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,empty", [("maskrcnn_resnet18_fpn", ()), ("maskrcnn_resnet18_fpn", (1,)),
-                                        ("fasterrcnn_resnet50_fpn_v2", ())])
-def test_training_losses_match_torchvision(name, empty):
-    """Same seed, same inputs -> the same sampled anchors and proposals (the samplers draw from
-    torch's RNG in torchvision's order) -> the same losses; then gradients reach the parameters."""
-    tv, ours = pair(name, calibrate=False, min_size=(112, 128), rpn_batch_size_per_image=64,
-                    box_batch_size_per_image=64)
+def assert_same_losses_and_backward(tv, ours, targets, rtol=1e-4):
+    """Both models in training mode on images() with the same seed give the same losses (finite
+    scalars, same names and order); backward reaches every trainable parameter of ours."""
     ims = images()
-    targets = make_targets(ims, masks=models.is_mask_model(name), empty=empty)
     tv.train(), ours.train()
     torch.manual_seed(11)
     expected = tv(ims, targets)
@@ -248,11 +249,21 @@ def test_training_losses_match_torchvision(name, empty):
     got = ours(ims, targets)
     assert list(got) == list(expected)
     for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(got[k], expected[k], rtol=rtol, atol=1e-6, msg=k)
         assert torch.isfinite(got[k]) and got[k].dim() == 0
     sum(got.values()).backward()
     missing = [n for n, p in ours.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:5]
+
+
+@pytest.mark.parametrize("name,empty", [("maskrcnn_resnet18_fpn", ()), ("maskrcnn_resnet18_fpn", (1,)),
+                                        ("fasterrcnn_resnet50_fpn_v2", ())])
+def test_training_losses_match_torchvision(name, empty):
+    """Same seed, same inputs -> the same sampled anchors and proposals (the samplers draw from
+    torch's RNG in torchvision's order) -> the same losses; then gradients reach the parameters."""
+    tv, ours = pair(name, calibrate=False, min_size=(112, 128), rpn_batch_size_per_image=64,
+                    box_batch_size_per_image=64)
+    assert_same_losses_and_backward(tv, ours, make_targets(images(), masks=models.is_mask_model(name), empty=empty))
     head = ours.roi_heads.box_predictor.cls_score.weight.grad
     assert head is not None and head.abs().sum() > 0
 

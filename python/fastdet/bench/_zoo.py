@@ -10,6 +10,8 @@ import torch
 
 from fastdet.testing import calibrate_batchnorm
 
+from ._harness import Case
+
 
 def inputs(n: int, size: int, device: str, mask: bool):
     """n random images of size x 4/3 size with 6 boxes each (classes 1..90, masks filling the boxes)."""
@@ -78,3 +80,10 @@ def model_pair(name: str, size: int, device: str, tv_resnet18, **kwargs):
     ours = models.build_model(name, **kw)
     ours.load_state_dict(tv.state_dict())
     return ours.to(device), tv.to(device)
+
+
+def model_case(op: str, label: str, size: int, device: str, ours, tv, images, targets, train: bool) -> Case:
+    """The Case timing ours against tv: a training step (train) or eval-mode inference."""
+    if train:
+        return Case(op, label, size, device, fastdet=train_step(ours, images, targets), peer=train_step(tv, images, targets))
+    return Case(op, label, size, device, fastdet=infer(ours, images), peer=infer(tv, images))

@@ -12,7 +12,7 @@ inference at 320 px, ResNet-18 training at 256 px. CUDA: ResNet-50 FPN at 800 px
 from __future__ import annotations
 
 from ._harness import Case
-from ._zoo import inputs, infer, model_pair, train_step
+from ._zoo import inputs, model_case, model_pair
 
 
 def _models(name: str, size: int, device: str):
@@ -35,10 +35,7 @@ def _case(device: str, name: str, size: int, n: int, train: bool) -> Case:
     images, targets = inputs(n, size, device, mask=False)
     short = name.replace("_fpn", "").replace("_", " ", 1)
     label = f"{short} {'train step (frozen body)' if train else 'eval'} {n}x{size}x{size * 4 // 3}"
-    if train:
-        return Case("dense", label, size, device, fastdet=train_step(ours, images, targets),
-                    peer=train_step(tv, images, targets))
-    return Case("dense", label, size, device, fastdet=infer(ours, images), peer=infer(tv, images))
+    return model_case("dense", label, size, device, ours, tv, images, targets, train)
 
 
 def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> list[Case]:

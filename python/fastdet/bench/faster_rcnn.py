@@ -13,7 +13,7 @@ ResNet-18 training at 256 px. CUDA: ResNet-50 FPN at 800 px,
 from __future__ import annotations
 
 from ._harness import Case
-from ._zoo import inputs, infer, model_pair, train_step
+from ._zoo import inputs, model_case, model_pair
 
 
 def _models(name: str, size: int, device: str):
@@ -33,10 +33,7 @@ def _cases_for(device: str, name: str, size: int, n: int, train: bool) -> Case:
     images, targets = inputs(n, size, device, models.is_mask_model(name))
     short = name.replace("_fpn", "").replace("fasterrcnn_", "faster ").replace("maskrcnn_", "mask ")
     label = f"{short} {'train step (frozen body)' if train else 'eval'} {n}x{size}x{size * 4 // 3}"
-    if train:
-        return Case("faster_rcnn", label, size, device, fastdet=train_step(ours, images, targets),
-                    peer=train_step(tv, images, targets))
-    return Case("faster_rcnn", label, size, device, fastdet=infer(ours, images), peer=infer(tv, images))
+    return model_case("faster_rcnn", label, size, device, ours, tv, images, targets, train)
 
 
 def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> list[Case]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .evaluate import drop_background
 from .progress import bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -98,6 +99,7 @@ def detect(model, images: list[Path], output: str | Path, *, classes: list[str],
     records = []
     for path, image, out_stem in _each_image(model, images, output, device, progress, "detecting"):
         det = model([image.to(device)])[0]
+        det = drop_background(det)
         keep = det["scores"] >= score_thresh
         det = {k: v[keep].cpu() for k, v in det.items()}
         Image.fromarray(draw(image, det, classes).permute(1, 2, 0).numpy()).save(f"{out_stem}.png")

@@ -10,6 +10,14 @@ from . import distributed
 from .progress import bar
 
 
+def drop_background(det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detector's output for one image without label-0 detections. fastdet's datasets reserve
+    label 0 for the background; torchvision-style dense heads (RetinaNet, FCOS, SSD) still have a
+    class-0 channel, which an untrained or low-threshold model can report."""
+    keep = det["labels"] != 0
+    return {k: v[keep] for k, v in det.items()}
+
+
 @torch.no_grad()
 def evaluate(model, loader: DataLoader, ctx: distributed.Context, *, coco_gt, label_to_cat_id: dict[int, int],
              masks: bool, progress: bool = True, backend: str = "auto") -> dict[str, dict[str, float]]:
@@ -25,7 +33,7 @@ def evaluate(model, loader: DataLoader, ctx: distributed.Context, *, coco_gt, la
         task = pb.add_task("evaluating", total=len(loader), info="")
         for images, targets in loader:
             outputs = model([img.to(ctx.device) for img in images])
-            evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in out.items()}
+            evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in drop_background(out).items()}
                               for t, out in zip(targets, outputs)})
             pb.advance(task)
     evaluator.synchronize()
