@@ -11,7 +11,9 @@ from fastdet.engine.trainer import TrainConfig, model_kwargs_for
 
 
 @pytest.mark.parametrize("model, losses", [("retinanet_resnet18_fpn", {"classification", "bbox_regression"}),
-                                           ("fcos_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness"})])
+                                           ("fcos_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness"}),
+                                           ("borderdet_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness",
+                                                                       "border_classification", "border_regression"})])
 def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--model", model, "--min-size", "64", "--max-size", "64", "--model-arg", "num_convs=1",
@@ -38,7 +40,8 @@ def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
             assert d["class"] in ("rectangle", "ellipse", "triangle") and 0 <= d["score"] <= 1
 
 
-@pytest.mark.parametrize("model", ["retinanet_resnet18_fpn", "fcos_resnet50_fpn"])
+@pytest.mark.parametrize("model", ["retinanet_resnet18_fpn", "fcos_resnet50_fpn", "gfl_resnet18_fpn",
+                                   "borderdet_resnet18_fpn"])
 def test_shapes_preset(model):
     kwargs = model_kwargs_for(TrainConfig(model=model, model_kwargs={"topk_candidates": 50}), num_classes=4)
     assert kwargs["num_convs"] == 2 and kwargs["topk_candidates"] == 50 and kwargs["min_size"] == 128

@@ -77,6 +77,7 @@ _RCNN_SMALL = dict(representation_size=256, box_batch_size_per_image=128, rpn_pr
 _DENSE_SMALL = dict(num_convs=2, fpn_channels=128, topk_candidates=300, detections_per_img=100, score_thresh=0.05)
 SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, mask_head_width=64),
                        "retinanet": dict(_DENSE_SMALL, anchor_sizes=(8, 16, 32, 64, 128)), "fcos": _DENSE_SMALL,
+                       "gfl": _DENSE_SMALL, "borderdet": _DENSE_SMALL,
                        "unet": dict(base_width=16), "ssdlite320": dict(min_ratio=0.1, max_ratio=0.9)}
 # Families whose classifier has no background class: they get the K real classes, and labels
 # 1..K of fastdet's datasets as class channel + 1.

@@ -2,7 +2,8 @@
 this package merges them into one."""
 
 from .anchors import AnchorGenerator, DefaultBoxGenerator
-from . import faster_rcnn, fcos, retinanet, ssd, ssdlite, yolox
+from . import borderdet, faster_rcnn, fcos, gfl, retinanet, ssd, ssdlite, yolox
+from .borderdet import BorderAlignModule, BorderDet, BorderDetHead, borderdet_resnet18_fpn, borderdet_resnet50_fpn
 from .dense import DenseDetector
 from .faster_rcnn import (
     FasterRCNN,
@@ -18,6 +19,7 @@ from .faster_rcnn import (
     maskrcnn_resnet50_fpn_v2,
 )
 from .fcos import FCOS, FCOSHead, FCOSRegressionHead, fcos_resnet18_fpn, fcos_resnet50_fpn
+from .gfl import GFL, GFLHead, GFLRegressionHead, gfl_resnet18_fpn, gfl_resnet50_fpn
 from .retinanet import (
     RetinaNet,
     RetinaNetClassificationHead,
@@ -61,13 +63,15 @@ from .yolox import (
     yolox_x,
 )
 
-BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **ssd.BUILDERS, **ssdlite.BUILDERS, **yolox.BUILDERS}
+BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **gfl.BUILDERS, **borderdet.BUILDERS,
+            **ssd.BUILDERS, **ssdlite.BUILDERS, **yolox.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
     "RPNHead", "RoIHeads", "TwoMLPHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads",
     "MaskRCNNPredictor", "paste_masks_in_image", "DenseDetector", "RetinaNet", "RetinaNetHead",
     "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead",
+    "GFL", "GFLHead", "GFLRegressionHead", "BorderDet", "BorderDetHead", "BorderAlignModule",
     "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead", "SSDLiteHead", "SSDFeatureExtractorVGG",
     "SSDFeatureExtractorResNet", "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
 ]

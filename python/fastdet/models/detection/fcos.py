@@ -175,6 +175,13 @@ def atss_assign(anchors: Tensor, gt_boxes: Tensor, num_anchors_per_level: list[i
 # ---- the model ------------------------------------------------------------------------------------------
 
 
+def check_num_classes(name: str, num_classes) -> int:
+    """num_classes (counting the background) as an int >= 2, else a ValueError naming the model."""
+    if num_classes is None or int(num_classes) < 2:
+        raise ValueError(f"{name}: num_classes counts the background and must be >= 2, got {num_classes}")
+    return int(num_classes)
+
+
 class FCOS(DenseDetector):
     """FCOS with torchvision's constructor (same arguments, defaults and sub-module names; see
     torchvision.models.detection.FCOS). One anchor per location whose size is the level's stride
@@ -204,9 +211,7 @@ class FCOS(DenseDetector):
             raise ValueError(f"{name}: anchor_generator must have one anchor per location, got "
                              f"{anchor_generator.num_anchors_per_location()[0]}")
         if head is None:
-            if num_classes is None or int(num_classes) < 2:
-                raise ValueError(f"{name}: num_classes counts the background and must be >= 2, got {num_classes}")
-            head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=num_convs)
+            head = FCOSHead(backbone.out_channels, 1, check_num_classes(name, num_classes), num_convs=num_convs)
         transform = RCNNTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
                                   image_std or [0.229, 0.224, 0.225], **kwargs)
         super().__init__(backbone, head, anchor_generator, transform, score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -238,7 +243,11 @@ class FCOS(DenseDetector):
 # ---- building -------------------------------------------------------------------------------------------
 
 
-def _builder(name: str, title: str, *, depth: int):
+def fcos_family_builder(name: str, title: str, *, depth: int, cls=None, extra: str = ""):
+    """A torchvision-style builder ``name`` of the FCOS subclass cls (default FCOS) on a ResNet-depth
+    FPN (P3-P7); extra: the cls-specific keyword arguments named in the docstring."""
+    cls = cls or FCOS
+
     def build(*, weights=None, progress: bool = True, num_classes=None, weights_backbone=None,
               trainable_backbone_layers=None, **kwargs):
         # progress: torchvision's download progress bar; accepted for compatibility (nothing downloads)
@@ -246,18 +255,18 @@ def _builder(name: str, title: str, *, depth: int):
                                trainable_backbone_layers=trainable_backbone_layers,
                                classifier_key="head.classification_head.cls_logits.weight")
         backbone = p3_p7_backbone(name, depth, plan, v2=False, channels=kwargs.pop("fpn_channels", 256))
-        model = FCOS(backbone, plan.num_classes, **kwargs)
+        model = cls(backbone, plan.num_classes, **kwargs)
         if plan.path is not None:
             load_weights(name, model, plan.path)
         return model
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = DOC.format(title=title, backbone=f"ResNet-{depth}", cls="FCOS", frozen="FrozenBatchNorm2d",
-                               extra="center_sampling_radius, assigner ('fcos' or 'atss'), atss_topk, num_convs, ")
+    build.__doc__ = DOC.format(title=title, backbone=f"ResNet-{depth}", cls=cls.__name__, frozen="FrozenBatchNorm2d",
+                               extra=extra + "center_sampling_radius, assigner ('fcos' or 'atss'), atss_topk, num_convs, ")
     return build
 
 
-fcos_resnet50_fpn = _builder("fcos_resnet50_fpn", "FCOS, ResNet-50 FPN (P3-P7).", depth=50)
-fcos_resnet18_fpn = _builder("fcos_resnet18_fpn", "FCOS, ResNet-18 FPN (small, for fast experiments).", depth=18)
+fcos_resnet50_fpn = fcos_family_builder("fcos_resnet50_fpn", "FCOS, ResNet-50 FPN (P3-P7).", depth=50)
+fcos_resnet18_fpn = fcos_family_builder("fcos_resnet18_fpn", "FCOS, ResNet-18 FPN (small, for fast experiments).", depth=18)
 
 BUILDERS = {f.__name__: f for f in (fcos_resnet50_fpn, fcos_resnet18_fpn)}
