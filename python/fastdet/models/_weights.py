@@ -46,15 +46,20 @@ def read_state_dict(fn: str, path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def load_weights(fn: str, module: nn.Module, path: Path, frozen_bn_eps: float | None = None) -> None:
+def load_weights(fn: str, module: nn.Module, path: Path, frozen_bn_eps: float | None = None,
+                 missing_ok: str | None = None) -> None:
     """Load a local state dict strictly (old-style torchvision key names accepted); a mismatch is a
     RuntimeError naming the missing and unexpected keys. ``frozen_bn_eps``: then set the eps of every
-    FrozenBatchNorm2d (0 for the checkpoints torchvision loads with ``overwrite_eps(model, 0.0)``)."""
+    FrozenBatchNorm2d (0 for the checkpoints torchvision loads with ``overwrite_eps(model, 0.0)``).
+    ``missing_ok``: the checkpoint may lack the keys containing this text (they keep their
+    initialisation), e.g. the offset predictors of a DCN backbone loading a plain ResNet's weights."""
     state = read_state_dict(fn, path)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise RuntimeError(f"{fn}: {path} does not match the model: {e}") from e
+    if missing_ok is not None:
+        result.missing_keys[:] = [k for k in result.missing_keys if missing_ok not in k]
     if result.missing_keys or result.unexpected_keys:
         def show(keys):
             return ", ".join(keys[:10]) + (f" ... ({len(keys)} in all)" if len(keys) > 10 else "") if keys else "none"

@@ -117,8 +117,18 @@ class DeformConv2dPack(DeformConv2d):
 
 class ModulatedDeformConv2dPack(DeformConv2dPack):
     """DCNv2 layer: one zero-initialised convolution predicts ``3 * offset_groups * KH * KW``
-    channels, the offsets (first two thirds) and the mask logits (last third, mask = sigmoid, so
-    it starts at 0.5 everywhere as in the DCNv2 paper). ``forward(input)``."""
+    channels, the offsets (first two thirds) and the mask logits (last third, mask =
+    ``mask_scale * sigmoid``). ``forward(input)``.
+
+    mask_scale 1 (default) is the DCNv2 paper's (and mmcv's) mask, which starts at 0.5 everywhere,
+    so the layer starts as half the plain convolution; mask_scale 2 starts it at exactly 1, so a
+    layer given a plain convolution's weights starts equal to that convolution (DCN backbones).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, offset_groups: int = 1, bias: bool = True, mask_scale: float = 1.0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, offset_groups, bias)
+        self.mask_scale = float(mask_scale)
 
     def _offset_channels(self, kk: int) -> int:
         return 3 * self.offset_groups * kk
@@ -126,7 +136,7 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
     def forward(self, input: Tensor) -> Tensor:
         out = self.conv_offset(input)
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        offset, mask = out[:, :n_off], torch.sigmoid(out[:, n_off:])
+        offset, mask = out[:, :n_off], self.mask_scale * torch.sigmoid(out[:, n_off:])
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 

@@ -19,7 +19,7 @@ from fastdet.ops import MultiScaleRoIAlign
 from .._weights import load_weights, resolve_weights
 from ._utils import check_detector_inputs, check_positive_boxes
 from .anchors import AnchorGenerator
-from .backbones import resnet_fpn
+from .backbones import DCN_OFFSET_KEYS, check_stage_with_dcn, resnet_fpn
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import RCNNTransform
@@ -167,6 +167,9 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
                            classifier_key="roi_heads.box_predictor.cls_score.weight",
                            max_layers=6 if depth is None else 5)
     path, num_classes = plan.path, plan.num_classes
+    dcn = check_stage_with_dcn(fn, kwargs.pop("stage_with_dcn", None))
+    if dcn is not None and depth is None:
+        raise ValueError(f"{fn}: stage_with_dcn is for the ResNet backbones, not MobileNetV3")
     frozen_or_bn = FrozenBatchNorm2d if plan.is_trained else nn.BatchNorm2d
     if depth is None:  # MobileNetV3-Large FPN
         body = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=frozen_or_bn)
@@ -178,7 +181,7 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
     else:  # v2 (Li et al. 2021 recipe): BatchNorm everywhere, also in the FPN
         backbone = resnet_fpn(fn, depth, plan.backbone_path, plan.trainable_layers,
                               body_norm_layer=nn.BatchNorm2d if v2 else frozen_or_bn,
-                              fpn_norm_layer=nn.BatchNorm2d if v2 else None)
+                              fpn_norm_layer=nn.BatchNorm2d if v2 else None, stage_with_dcn=dcn)
     if v2:
         anchors = default_anchor_generator()
         kwargs.setdefault("rpn_anchor_generator", anchors)
@@ -191,7 +194,8 @@ def _build(fn: str, *, depth: int | None, mask: bool, v2: bool, weights, weights
     model = cls(backbone, num_classes=num_classes, **kwargs)
     if path is not None:
         # torchvision's published v1 ResNet-50 COCO checkpoints were trained with FrozenBatchNorm eps = 0
-        load_weights(fn, model, path, frozen_bn_eps=0.0 if depth == 50 and not v2 else None)
+        load_weights(fn, model, path, frozen_bn_eps=0.0 if depth == 50 and not v2 else None,
+                     missing_ok=DCN_OFFSET_KEYS if dcn else None)
     return model
 
 
@@ -210,6 +214,10 @@ _DOC = """{title}
             with it the backbone uses FrozenBatchNorm2d{v2note}.
         trainable_backbone_layers: layers (from the top) to train when weights are loaded
             (0..{max_layers}, default 3); without weights all train.
+        stage_with_dcn (not in torchvision; ResNet backbones): 4 bools for res2..res5, the stages
+            whose blocks get a DCNv2 3x3 convolution, e.g. (False, True, True, True). weights /
+            weights_backbone may then be plain (non-DCN) checkpoints: the offset predictors they
+            lack start at zero and the model starts equal to the plain one.
         **kwargs: {cls} arguments (min_size, max_size, box_score_thresh, rpn_* / box_* settings, ...).
 
     Returns a {cls} in training mode.

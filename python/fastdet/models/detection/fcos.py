@@ -21,6 +21,7 @@ from fastdet import ops
 
 from ._utils import LinearBoxCoder, anchor_major, pairwise_iou
 from .anchors import AnchorGenerator
+from .backbones import DCN_OFFSET_KEYS, check_stage_with_dcn
 from .dense import DenseDetector, matched_targets
 from .retinanet import DOC, RetinaNetClassificationHead, conv_tower, init_normal, p3_p7_backbone
 from .transform import RCNNTransform
@@ -254,10 +255,12 @@ def fcos_family_builder(name: str, title: str, *, depth: int, cls=None, extra: s
         plan = resolve_weights(name, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
                                trainable_backbone_layers=trainable_backbone_layers,
                                classifier_key="head.classification_head.cls_logits.weight")
-        backbone = p3_p7_backbone(name, depth, plan, v2=False, channels=kwargs.pop("fpn_channels", 256))
+        dcn = check_stage_with_dcn(name, kwargs.pop("stage_with_dcn", None))
+        backbone = p3_p7_backbone(name, depth, plan, v2=False, channels=kwargs.pop("fpn_channels", 256),
+                                  stage_with_dcn=dcn)
         model = cls(backbone, plan.num_classes, **kwargs)
         if plan.path is not None:
-            load_weights(name, model, plan.path)
+            load_weights(name, model, plan.path, missing_ok=DCN_OFFSET_KEYS if dcn else None)
         return model
 
     build.__name__ = build.__qualname__ = name

@@ -24,7 +24,7 @@ from fastdet import ops
 from .._weights import load_weights, resolve_weights
 from ._utils import BoxCoder, Matcher, anchor_major, pairwise_iou
 from .anchors import AnchorGenerator
-from .backbones import resnet_fpn
+from .backbones import DCN_OFFSET_KEYS, check_stage_with_dcn, resnet_fpn
 from .dense import DenseDetector, matched_targets
 from .rpn import conv_block, rename_legacy_keys
 from .transform import RCNNTransform
@@ -253,15 +253,15 @@ class RetinaNet(DenseDetector):
 # ---- building -------------------------------------------------------------------------------------------
 
 
-def p3_p7_backbone(fn: str, depth: int, plan, *, v2: bool, channels: int = 256) -> nn.Module:
+def p3_p7_backbone(fn: str, depth: int, plan, *, v2: bool, channels: int = 256, stage_with_dcn=None) -> nn.Module:
     """ResNet C3-C5 + FPN + P6/P7, torchvision's RetinaNet / FCOS backbone. v1: the body uses
     FrozenBatchNorm2d when weights are loaded and P6 comes from P5; v2: BatchNorm2d, P6 from C5.
-    channels: the FPN's (and so the heads') width, 256 in torchvision."""
+    channels: the FPN's (and so the heads') width, 256 in torchvision; stage_with_dcn: see resnet_fpn."""
     c5 = 2048 if depth == 50 else 512
     body_norm = FrozenBatchNorm2d if plan.is_trained and not v2 else nn.BatchNorm2d
     return resnet_fpn(fn, depth, plan.backbone_path, plan.trainable_layers, body_norm_layer=body_norm,
                       returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(c5 if v2 else channels, channels),
-                      out_channels=channels)
+                      out_channels=channels, stage_with_dcn=stage_with_dcn)
 
 
 def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_classes, trainable_backbone_layers,
@@ -273,7 +273,8 @@ def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_clas
     plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
                            trainable_backbone_layers=trainable_backbone_layers,
                            classifier_key="head.classification_head.cls_logits.weight", per_class=anchors_per_location)
-    backbone = p3_p7_backbone(fn, depth, plan, v2=v2, channels=kwargs.pop("fpn_channels", 256))
+    dcn = check_stage_with_dcn(fn, kwargs.pop("stage_with_dcn", None))
+    backbone = p3_p7_backbone(fn, depth, plan, v2=v2, channels=kwargs.pop("fpn_channels", 256), stage_with_dcn=dcn)
     if v2:  # the improved recipe (Zhang et al. 2020) as torchvision's: GroupNorm heads, GIoU box loss
         kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, anchors_per_location, plan.num_classes,
                                                 norm_layer=partial(nn.GroupNorm, 32), loss_type="giou",
@@ -281,7 +282,8 @@ def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_clas
     model = RetinaNet(backbone, plan.num_classes, **kwargs)
     if plan.path is not None:
         # torchvision's published v1 ResNet-50 COCO checkpoints were trained with FrozenBatchNorm eps = 0
-        load_weights(fn, model, plan.path, frozen_bn_eps=0.0 if depth == 50 and not v2 else None)
+        load_weights(fn, model, plan.path, frozen_bn_eps=0.0 if depth == 50 and not v2 else None,
+                     missing_ok=DCN_OFFSET_KEYS if dcn else None)
     return model
 
 
@@ -296,6 +298,9 @@ DOC = """{title}
             With either checkpoint the body uses {frozen}, as in torchvision.
         trainable_backbone_layers: layers (from the top) to train when weights are loaded
             (0..5, default 3); without weights all train.
+        stage_with_dcn (not in torchvision): 4 bools for res2..res5, the stages whose blocks get a
+            DCNv2 3x3 convolution; weights / weights_backbone may then be plain checkpoints (the
+            offset predictors start at zero, the model equal to the plain one).
         fpn_channels (not in torchvision, which has 256): the width of the FPN and the heads.
         **kwargs: {cls} arguments (min_size, max_size, score_thresh, nms_thresh, detections_per_img,
             topk_candidates, {extra}...).
