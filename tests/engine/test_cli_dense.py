@@ -21,7 +21,7 @@ def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
                "--batch-size", "2", "--workers", "0", "--warmup-iters", "1", "--no-progress"])
     assert rc == 0
     (record,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert set(record["losses"]) == losses | {"loss"} and record["iterations"] == 2
+    assert set(record["losses"]) == losses | {"loss"} and record["iterations"] == 3  # 6 images, batch 2
     assert record["metrics"]["bbox"].keys() >= {"AP", "AP50"}
 
     metrics = tmp_path / "metrics.json"
@@ -33,7 +33,7 @@ def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
     assert main(["detect", str(out / "last.pt"), str(shapes / "val"), "--output", str(det), "--score-thresh", "0",
                  "--no-progress"]) == 0
     records = json.loads((det / "detections.json").read_text())
-    assert len(records) == 2 and all(Path(r["output"]).is_file() for r in records)
+    assert len(records) == 3 and all(Path(r["output"]).is_file() for r in records)
     assert sum(len(r["detections"]) for r in records) > 0  # score_thresh 0: the model reports boxes
     for r in records:
         for d in r["detections"]:

@@ -15,9 +15,12 @@ from fastdet.engine.trainer import SHAPES_MODEL_KWARGS
 # another generated validation split): Faster R-CNN box AP50 0.418 / 0.41; Mask R-CNN box AP50
 # 0.419 / 0.475 and mask AP50 0.391 / 0.439. The thresholds leave room for run-to-run and machine
 # differences; reaching 0.5 takes more epochs than CI's time allows on 2 cores (~16 min for both here).
+# CI runs the Mask R-CNN case (~9 min): its box AP50 checks the whole Faster R-CNN pipeline (RPN, box
+# head, sampling, box coding, NMS) and its mask AP50 the mask branch; the Faster R-CNN case (~6 min)
+# is marked `long` (run with `pytest -m long`) to keep CI within its time budget.
 @pytest.mark.slow
 @pytest.mark.parametrize("model, epochs, thresholds", [
-    ("fasterrcnn_resnet18_fpn", 12, {("bbox", "AP50"): 0.3}),
+    pytest.param("fasterrcnn_resnet18_fpn", 12, {("bbox", "AP50"): 0.3}, marks=pytest.mark.long),
     ("maskrcnn_resnet18_fpn", 12, {("bbox", "AP50"): 0.3, ("segm", "AP50"): 0.3}),
 ])
 def test_rcnn_learns_shapes(model, epochs, thresholds, learning_shapes, tmp_path):
