@@ -239,3 +239,19 @@ class BalancedPositiveNegativeSampler:
             neg_masks.append(neg)
         return pos_masks, neg_masks
 
+
+
+def transform_and_features(model, images, targets) -> tuple[ImageList, list[dict] | None, list[tuple[int, int]], list[Tensor]]:
+    """The start of a one-stage detector's forward (``model`` has ``transform`` and ``backbone``):
+    checks the inputs, remembers the original (h, w) of each image, resizes and batches them (and
+    the targets' boxes), and runs the backbone. Returns (batch, targets, original_sizes, feature maps
+    as a list, coarsest last)."""
+    name = type(model).__name__
+    check_detector_inputs(name, images, targets, model.training)
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    batch, targets = model.transform(list(images), targets)
+    if targets is not None:
+        check_positive_boxes(name, targets)
+    features = model.backbone(batch.tensors)
+    features = [features] if isinstance(features, Tensor) else list(features.values())
+    return batch, targets, original_sizes, features

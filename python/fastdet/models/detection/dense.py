@@ -15,14 +15,12 @@ R-CNNs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import Tensor, nn
 
 from fastdet import ops
 
-from ._utils import check_detector_inputs, check_positive_boxes, clip_boxes
+from ._utils import clip_boxes, transform_and_features
 
 
 class DenseDetector(nn.Module):
@@ -116,16 +114,7 @@ class DenseDetector(nn.Module):
         return results
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        name = type(self).__name__
-        check_detector_inputs(name, images, targets, self.training)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        batch, targets = self.transform(list(images), targets)
-        if targets is not None:
-            check_positive_boxes(name, targets)
-        features = self.backbone(batch.tensors)
-        if isinstance(features, Tensor):
-            features = OrderedDict([("0", features)])
-        features = list(features.values())
+        batch, targets, original_sizes, features = transform_and_features(self, images, targets)
         head_outputs = self.head(features)
         anchors = self.anchor_generator(batch, features)
         locations = [int(f.shape[-2] * f.shape[-1]) for f in features]

@@ -23,10 +23,9 @@ from .._weights import load_weights, local_path, num_classes_from, trainable_lay
 from ._utils import (
     BoxCoder,
     SSDMatcher,
-    check_detector_inputs,
-    check_positive_boxes,
     clip_boxes,
     pairwise_iou,
+    transform_and_features,
 )
 from .anchors import DefaultBoxGenerator
 from .transform import RCNNTransform
@@ -189,18 +188,11 @@ class SSD(nn.Module):
         self.neg_to_pos_ratio = (1.0 - positive_fraction) / positive_fraction
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        name = type(self).__name__
-        check_detector_inputs(name, images, targets, self.training)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        batch, targets = self.transform(list(images), targets)
-        if targets is not None:
-            check_positive_boxes(name, targets)
-            for i, t in enumerate(targets):
-                if not isinstance(t.get("labels"), Tensor) or t["labels"].dtype != torch.int64:
-                    raise TypeError(f"{name}: targets[{i}]['labels'] must be int64, got "
-                                    f"{getattr(t.get('labels'), 'dtype', type(t.get('labels')).__name__)}")
-        features = self.backbone(batch.tensors)
-        features = list(features.values()) if isinstance(features, dict) else [features]
+        batch, targets, original_sizes, features = transform_and_features(self, images, targets)
+        for i, t in enumerate(targets or ()):
+            if not isinstance(t.get("labels"), Tensor) or t["labels"].dtype != torch.int64:
+                raise TypeError(f"{type(self).__name__}: targets[{i}]['labels'] must be int64, got "
+                                f"{getattr(t.get('labels'), 'dtype', type(t.get('labels')).__name__)}")
         head_outputs = self.head(features)
         anchors = self.anchor_generator(batch, features)
         if self.training:
