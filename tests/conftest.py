@@ -1,4 +1,11 @@
-"""Shared test fixtures: devices (CUDA skipped without a GPU) and tolerances per dtype."""
+"""Shared test fixtures: devices (CUDA skipped without a GPU), tolerances per dtype, and the zoo
+tests' generated datasets and torchrun launcher (one conftest: a second `conftest` module, e.g. in
+tests/engine, would shadow this one for the `from conftest import tol` of the op tests)."""
+
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,3 +42,48 @@ TOLERANCES = {
 def tol(dtype):
     rtol, atol = TOLERANCES[dtype]
     return {"rtol": rtol, "atol": atol}
+
+
+# ---- the zoo tests' data and launcher ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A tiny generated shapes dataset (COCO layout): 6 training and 3 validation images of 64 px."""
+    root = tmp_path_factory.mktemp("shapes")
+    from fastdet.cli import main
+
+    assert main(["shapes", str(root), "--split", "train", "--num-images", "6", "--image-size", "64", "--no-progress"]) == 0
+    assert main(["shapes", str(root), "--split", "val", "--num-images", "3", "--image-size", "64", "--seed", "1",
+                 "--no-progress"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def learning_shapes(tmp_path_factory):
+    """The learning tests' data: 256 generated training images of 128 px (seed 0) and 64 held-out
+    validation images (seed 1), made once per session."""
+    from fastdet.data import generate_shapes
+
+    root = tmp_path_factory.mktemp("learning_shapes")
+    generate_shapes(root, split="train", num_images=256, seed=0, progress=False)
+    generate_shapes(root, split="val", num_images=64, seed=1, progress=False)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def torchrun():
+    """run(args) -> CompletedProcess of `fastdet <args>` in two CPU processes under torchrun (gloo)."""
+    def run(args):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "fastdet.cli", *args, "--device", "cpu", "--no-progress"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    return run
