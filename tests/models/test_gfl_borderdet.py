@@ -147,7 +147,6 @@ def two_images(tmp_path_factory):
 def test_overfits_two_images(name, two_images):
     """30 Adam steps (lr 3e-3) on 2 generated 64 px images: the total loss falls at least 2x (measured:
     GFL 0.696 -> 0.221, 3.1x; BorderDet 2.840 -> 1.135, 2.5x)."""
-    torch.set_num_threads(1)
     model = build(name, num_classes=4)
     ims = [im for im, _ in two_images]
     targets = [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in two_images]
