@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from fastdet import ops
 
-from .._weights import load_weights, local_path, num_classes_from, trainable_layers
+from .._weights import load_weights, resolve_weights
 from ._utils import (
     BoxCoder,
     SSDMatcher,
@@ -369,14 +369,14 @@ def ssd300_vgg16(*, weights=None, progress: bool = True, num_classes=None, weigh
     if "size" in kwargs:
         raise ValueError(f"{fn}: the input size is fixed at 300x300 (the default boxes' steps are tied to it); "
                          f"size is not accepted")
-    path = local_path(fn, "weights", weights)
-    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
     anchor_generator = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]],
                                            scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
                                            steps=[8, 16, 32, 64, 100, 300])
-    num_classes = num_classes_from(fn, path, num_classes, "head.classification_head.module_list.0.weight",
-                                   per_class=anchor_generator.num_anchors_per_location()[0])
-    layers = trainable_layers(fn, path is not None or backbone_path is not None, trainable_backbone_layers, 5, 4)
+    plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+                           trainable_backbone_layers=trainable_backbone_layers,
+                           classifier_key="head.classification_head.module_list.0.weight",
+                           per_class=anchor_generator.num_anchors_per_location()[0], max_layers=5, default_layers=4)
+    path, backbone_path, num_classes, layers = plan.path, plan.backbone_path, plan.num_classes, plan.trainable_layers
     backbone = SSDFeatureExtractorVGG(_vgg16_features(fn, backbone_path, layers))
     kwargs = {"image_mean": [0.48235, 0.45882, 0.40784], "image_std": [1.0 / 255.0] * 3, **kwargs}
     model = SSD(backbone, anchor_generator, (300, 300), num_classes, **kwargs)
@@ -431,13 +431,13 @@ def ssd_resnet18(*, weights=None, progress: bool = True, num_classes=None, weigh
     ``size`` (width, height), default (300, 300), and SSD's keyword arguments.
     """
     fn = "ssd_resnet18"
-    path = local_path(fn, "weights", weights)
-    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
     anchor_generator = DefaultBoxGenerator([[2, 3]] * 5, min_ratio=min_ratio, max_ratio=max_ratio)
-    num_classes = num_classes_from(fn, path, num_classes, "head.classification_head.module_list.0.weight",
-                                   per_class=anchor_generator.num_anchors_per_location()[0])
-    is_trained = path is not None or backbone_path is not None
-    layers = trainable_layers(fn, is_trained, trainable_backbone_layers, 5, 3)
+    plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+                           trainable_backbone_layers=trainable_backbone_layers,
+                           classifier_key="head.classification_head.module_list.0.weight",
+                           per_class=anchor_generator.num_anchors_per_location()[0])
+    path, backbone_path, num_classes, layers = plan.path, plan.backbone_path, plan.num_classes, plan.trainable_layers
+    is_trained = plan.is_trained
     resnet = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
     if backbone_path is not None:
         load_weights(fn, resnet, backbone_path)

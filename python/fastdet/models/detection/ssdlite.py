@@ -13,7 +13,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from .._weights import load_weights, local_path, num_classes_from, trainable_layers
+from .._weights import load_weights, resolve_weights
 from .anchors import DefaultBoxGenerator
 from .ssd import SSD, SSDHead
 
@@ -132,13 +132,13 @@ def ssdlite320_mobilenet_v3_large(*, weights=None, progress: bool = True, num_cl
     """
     fn = "ssdlite320_mobilenet_v3_large"
     # progress: torchvision's download progress bar; accepted for compatibility (nothing downloads)
-    path = local_path(fn, "weights", weights)
-    backbone_path = None if path is not None else local_path(fn, "weights_backbone", weights_backbone)
     anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=min_ratio, max_ratio=max_ratio)
     num_anchors = anchor_generator.num_anchors_per_location()
-    num_classes = num_classes_from(fn, path, num_classes, "head.classification_head.module_list.0.1.weight",
-                                   per_class=num_anchors[0])
-    layers = trainable_layers(fn, path is not None or backbone_path is not None, trainable_backbone_layers, 6, 6)
+    plan = resolve_weights(fn, weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+                           trainable_backbone_layers=trainable_backbone_layers,
+                           classifier_key="head.classification_head.module_list.0.1.weight",
+                           per_class=num_anchors[0], max_layers=6, default_layers=6)
+    path, backbone_path, num_classes, layers = plan.path, plan.backbone_path, plan.num_classes, plan.trainable_layers
     if norm_layer is None:
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     mobilenet = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm_layer,
