@@ -67,7 +67,8 @@ def _step(loss_fn, params):
 
 
 def _cases_for(device: str, name: str, size: int, n: int, num_gt: int) -> list[Case]:
-    from fastdet.models.detection.yolox import STRIDES, grid_points, pad_targets, yolox_loss
+    from fastdet.models.detection._utils import pad_targets
+    from fastdet.models.detection.yolox import STRIDES, grid_points, yolox_loss
 
     ours, ref = _models(name, device)
     images, targets, labels = _inputs(n, size, num_gt, device)

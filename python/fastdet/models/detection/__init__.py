@@ -2,8 +2,9 @@
 this package merges them into one."""
 
 from .anchors import AnchorGenerator, DefaultBoxGenerator
-from . import borderdet, faster_rcnn, fcos, gfl, retinanet, ssd, ssdlite, yolox
+from . import borderdet, cornernet, faster_rcnn, fcos, gfl, retinanet, ssd, ssdlite, yolox
 from .borderdet import BorderAlignModule, BorderDet, BorderDetHead, borderdet_resnet18_fpn, borderdet_resnet50_fpn
+from .cornernet import CornerHead, CornerNet, CornerPooling, cornernet_hourglass104, cornernet_hourglass_light
 from .dense import DenseDetector
 from .faster_rcnn import (
     FasterRCNN,
@@ -18,6 +19,7 @@ from .faster_rcnn import (
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
+from .hourglass import StackedHourglass
 from .fcos import FCOS, FCOSHead, FCOSRegressionHead, fcos_resnet18_fpn, fcos_resnet50_fpn
 from .gfl import GFL, GFLHead, GFLRegressionHead, gfl_resnet18_fpn, gfl_resnet50_fpn
 from .retinanet import (
@@ -64,7 +66,7 @@ from .yolox import (
 )
 
 BUILDERS = {**faster_rcnn.BUILDERS, **retinanet.BUILDERS, **fcos.BUILDERS, **gfl.BUILDERS, **borderdet.BUILDERS,
-            **ssd.BUILDERS, **ssdlite.BUILDERS, **yolox.BUILDERS}
+            **ssd.BUILDERS, **ssdlite.BUILDERS, **yolox.BUILDERS, **cornernet.BUILDERS}
 
 __all__ = [
     "AnchorGenerator", "FasterRCNN", "GeneralizedRCNN", "MaskRCNN", "RCNNTransform", "RegionProposalNetwork",
@@ -73,5 +75,6 @@ __all__ = [
     "RetinaNetClassificationHead", "RetinaNetRegressionHead", "FCOS", "FCOSHead", "FCOSRegressionHead",
     "GFL", "GFLHead", "GFLRegressionHead", "BorderDet", "BorderDetHead", "BorderAlignModule",
     "DefaultBoxGenerator", "SSD", "SSDHead", "SSDScoringHead", "SSDLiteHead", "SSDFeatureExtractorVGG",
-    "SSDFeatureExtractorResNet", "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform", *BUILDERS,
+    "SSDFeatureExtractorResNet", "SSDLiteFeatureExtractorMobileNet", "YOLOX", "YOLOXExport", "YOLOXHead", "YOLOXTransform",
+    "CornerNet", "CornerHead", "CornerPooling", "StackedHourglass", *BUILDERS,
 ]

@@ -66,6 +66,23 @@ def check_detector_inputs(name: str, images, targets, training: bool) -> None:
             raise ValueError(f"{name}: targets[{i}]['boxes'] must have shape [N, 4], got {list(boxes.shape)}")
 
 
+def check_detection_targets(name: str, targets: list[dict], label_offset: int, num_classes: int) -> None:
+    """Targets of a detector without a background class: every dict has labels Tensor[N] in
+    [label_offset, label_offset + num_classes) and its boxes a positive width and height."""
+    for i, t in enumerate(targets):
+        boxes, labels = t["boxes"], t.get("labels")
+        if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
+            raise ValueError(f"{name}: targets[{i}]['labels'] must be a Tensor[N] (N = {len(boxes)} boxes)")
+        bad_box = (boxes[:, 2:] <= boxes[:, :2]).any()
+        low = label_offset
+        bad_label = ((labels < low) | (labels >= low + num_classes)).any()
+        if bool(bad_box | bad_label):  # one host synchronisation for both checks
+            if bad_box:
+                raise ValueError(f"{name}: targets[{i}]['boxes'] has a box with no positive width and height")
+            raise ValueError(f"{name}: targets[{i}]['labels'] must be in [{low}, {low + num_classes}), "
+                             f"got {labels.tolist()}")
+
+
 def check_positive_boxes(name: str, targets: list[dict]) -> None:
     """Every target box (after resizing) has a positive width and height."""
     for i, t in enumerate(targets):
@@ -255,3 +272,18 @@ def transform_and_features(model, images, targets) -> tuple[ImageList, list[dict
     features = model.backbone(batch.tensors)
     features = [features] if isinstance(features, Tensor) else list(features.values())
     return batch, targets, original_sizes, features
+
+
+def pad_targets(targets: list[dict], dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image targets -> (boxes Tensor[B, G, 4], labels Tensor[B, G] int64, mask Tensor[B, G] bool),
+    padded to the largest count G (at least 1)."""
+    g = max([1] + [len(t["boxes"]) for t in targets])
+    boxes = torch.zeros((len(targets), g, 4), dtype=dtype, device=device)
+    labels = torch.zeros((len(targets), g), dtype=torch.int64, device=device)
+    mask = torch.zeros((len(targets), g), dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):
+        n = len(t["boxes"])
+        boxes[i, :n] = t["boxes"]
+        labels[i, :n] = t["labels"]
+        mask[i, :n] = True
+    return boxes, labels, mask

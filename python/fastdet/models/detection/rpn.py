@@ -12,12 +12,13 @@ from ._utils import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, anchor_
                      pairwise_iou)
 
 
-def conv_block(in_channels: int, out_channels: int, norm_layer=None, kernel_size: int = 3, dilation: int = 1
-               ) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, norm_layer=None, kernel_size: int = 3, dilation: int = 1,
+               stride: int = 1) -> nn.Sequential:
     """Conv (bias only without a norm) -> optional norm -> ReLU, with the child names (0, 1, 2) of
     torchvision's Conv2dNormActivation so that state-dict keys agree."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2 * dilation,
-                                         dilation=dilation, bias=norm_layer is None)]
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                                         padding=(kernel_size - 1) // 2 * dilation, dilation=dilation,
+                                         bias=norm_layer is None)]
     if norm_layer is not None:
         layers.append(norm_layer(out_channels))
     layers.append(nn.ReLU(inplace=True))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fastdet.ops import SimOTAAssigner, box_iou, multiclass_nms
 
 from .._weights import load_weights, local_path, num_classes_from
-from ._utils import check_detector_inputs
+from ._utils import check_detection_targets, check_detector_inputs, pad_targets
 from .csp_darknet import PAFPN, ConvBNAct, conv_block
 
 STRIDES = (8, 16, 32)
@@ -206,21 +206,6 @@ class YOLOXTransform(nn.Module):
 # ---- the model ------------------------------------------------------------------------------------------
 
 
-def pad_targets(targets: list[dict], dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image targets -> (boxes Tensor[B, G, 4], labels Tensor[B, G] int64, mask Tensor[B, G] bool),
-    padded to the largest count G (at least 1)."""
-    g = max([1] + [len(t["boxes"]) for t in targets])
-    boxes = torch.zeros((len(targets), g, 4), dtype=dtype, device=device)
-    labels = torch.zeros((len(targets), g), dtype=torch.int64, device=device)
-    mask = torch.zeros((len(targets), g), dtype=torch.bool, device=device)
-    for i, t in enumerate(targets):
-        n = len(t["boxes"])
-        boxes[i, :n] = t["boxes"]
-        labels[i, :n] = t["labels"]
-        mask[i, :n] = True
-    return boxes, labels, mask
-
-
 class YOLOX(nn.Module):
     """YOLOX detector: ``transform`` (letterbox, BGR 0-255), ``backbone`` (CSPDarknet + PAFPN),
     ``head`` (decoupled head). State-dict keys are the official ones.
@@ -325,18 +310,8 @@ class YOLOX(nn.Module):
         for i, im in enumerate(images):
             if im.shape[0] != 3:
                 raise ValueError(f"{name}: images[{i}] must have shape [3, H, W] (RGB), got {list(im.shape)}")
-        for i, t in enumerate(targets or ()):
-            boxes, labels = t["boxes"], t.get("labels")
-            if not isinstance(labels, Tensor) or labels.shape != boxes.shape[:1]:
-                raise ValueError(f"{name}: targets[{i}]['labels'] must be a Tensor[N] (N = {len(boxes)} boxes)")
-            bad_box = (boxes[:, 2:] <= boxes[:, :2]).any()
-            low = self.label_offset
-            bad_label = ((labels < low) | (labels >= low + self.num_classes)).any()
-            if bool(bad_box | bad_label):  # one host synchronisation for both checks
-                if bad_box:
-                    raise ValueError(f"{name}: targets[{i}]['boxes'] has a box with no positive width and height")
-                raise ValueError(f"{name}: targets[{i}]['labels'] must be in [{low}, {low + self.num_classes}), "
-                                 f"got {labels.tolist()}")
+        if targets is not None:
+            check_detection_targets(name, targets, self.label_offset, self.num_classes)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         self._check_inputs(images, targets)
