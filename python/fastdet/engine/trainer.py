@@ -81,7 +81,7 @@ SHAPES_MODEL_KWARGS = {"fasterrcnn": _RCNN_SMALL, "maskrcnn": dict(_RCNN_SMALL, 
                        "unet": dict(base_width=16), "ssdlite320": dict(min_ratio=0.1, max_ratio=0.9)}
 # Families whose classifier has no background class: they get the K real classes, and labels
 # 1..K of fastdet's datasets as class channel + 1.
-NO_BACKGROUND = frozenset({"yolox"})
+NO_BACKGROUND = frozenset({"yolox", "cornernet"})
 
 
 def model_kwargs_for(cfg: TrainConfig, num_classes: int) -> dict:
