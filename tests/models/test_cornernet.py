@@ -341,6 +341,8 @@ def test_bad_inputs():
         tiny(num_classes=0)
     with pytest.raises(ValueError, match="CornerNet: top_k must be >= 1"):
         tiny(top_k=0)
+    with pytest.raises(ValueError, match=r"CornerNet: score_thresh must be in \[0, 1\]"):
+        tiny(score_thresh=-1.0)
     with pytest.raises(ValueError, match="cornernet_hourglass_light: weights must be None or a local file path"):
         models.build_model("cornernet_hourglass_light", weights="https://example.com/w.pth")
 

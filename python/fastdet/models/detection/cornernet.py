@@ -324,6 +324,8 @@ class CornerNet(nn.Module):
         if not nms_sigma > 0 or not 0 < min_overlap < 1 or not embedding_threshold >= 0:
             raise ValueError(f"{name}: need nms_sigma > 0, 0 < min_overlap < 1 and embedding_threshold >= 0, got "
                              f"{nms_sigma}, {min_overlap}, {embedding_threshold}")
+        if not 0.0 <= score_thresh <= 1.0:
+            raise ValueError(f"{name}: score_thresh must be in [0, 1], got {score_thresh}")
         if int(label_offset) < 0:
             raise ValueError(f"{name}: label_offset must be >= 0, got {label_offset}")
         self.backbone = StackedHourglass(num_stacks, tuple(channels), tuple(blocks), stem_channels, out_channels)
@@ -331,8 +333,8 @@ class CornerNet(nn.Module):
                                        size_divisible=self.backbone.size_divisor)
         self.heads = nn.ModuleList(CornerHead(out_channels, int(num_classes), pool_channels)
                                    for _ in range(num_stacks))
-        self.top_k, self.embedding_threshold, self.num_candidates = int(top_k), float(embedding_threshold), int(
-            num_candidates)
+        self.top_k, self.num_candidates = int(top_k), int(num_candidates)
+        self.embedding_threshold = float(embedding_threshold)
         self.nms_sigma, self.score_thresh = float(nms_sigma), float(score_thresh)
         self.detections_per_img = int(detections_per_img)
         self.min_overlap = float(min_overlap)
