@@ -96,3 +96,31 @@ def torchrun():
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
     return run
+
+
+@pytest.fixture
+def eval_and_detect(tmp_path):
+    """check(checkpoint, data, num_val_images): `fastdet eval` writes box AP50 to its JSON, and
+    `fastdet detect` on the data's val images writes one drawn image per image and detections of
+    the shapes classes with scores in [0, 1]."""
+    import json
+    from pathlib import Path
+
+    from fastdet.cli import main
+
+    def check(checkpoint, data, num_val_images):
+        metrics = tmp_path / "metrics.json"
+        assert main(["eval", str(checkpoint), "--data", str(data), "--json", str(metrics), "--workers", "0",
+                     "--no-progress"]) == 0
+        assert "AP50" in json.loads(metrics.read_text())["bbox"]
+        out = tmp_path / "det"
+        assert main(["detect", str(checkpoint), str(Path(data) / "val"), "--output", str(out), "--score-thresh", "0",
+                     "--no-progress"]) == 0
+        records = json.loads((out / "detections.json").read_text())
+        assert len(records) == num_val_images
+        for r in records:
+            assert Path(r["output"]).is_file()
+            for d in r["detections"]:
+                assert 0 <= d["score"] <= 1 and d["class"] in ("rectangle", "ellipse", "triangle")
+
+    return check

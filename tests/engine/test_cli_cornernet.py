@@ -2,7 +2,6 @@
 end (train -> eval -> detect) on a tiny generated dataset."""
 
 import json
-from pathlib import Path
 
 from fastdet.cli import main
 from fastdet.engine import TrainConfig
@@ -15,7 +14,7 @@ def test_shapes_preset():
     assert kwargs == {"min_size": 96, "max_size": 96, "num_classes": 3, "label_offset": 1}
 
 
-def test_cli_train_eval_detect(shapes, tmp_path):
+def test_cli_train_eval_detect(shapes, tmp_path, eval_and_detect):
     data, run = shapes, tmp_path / "run"
     assert main(["train", "--model", "cornernet_hourglass_light", "--data", str(data), "--output", str(run),
                  "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "3", "--workers", "0",
@@ -24,17 +23,4 @@ def test_cli_train_eval_detect(shapes, tmp_path):
     assert set(record["losses"]) == {"loss", "loss_heatmap", "loss_pull", "loss_push", "loss_offset"}
     assert record["iterations"] == 2 and record["metrics"]["bbox"].keys() >= {"AP", "AP50"}
 
-    metrics = tmp_path / "metrics.json"
-    assert main(["eval", str(run / "last.pt"), "--data", str(data), "--json", str(metrics), "--workers", "0",
-                 "--no-progress"]) == 0
-    assert "AP50" in json.loads(metrics.read_text())["bbox"]
-
-    out = tmp_path / "det"
-    assert main(["detect", str(run / "last.pt"), str(data / "val"), "--output", str(out), "--score-thresh", "0",
-                 "--no-progress"]) == 0
-    records = json.loads((out / "detections.json").read_text())
-    assert len(records) == 3
-    for r in records:
-        assert Path(r["output"]).is_file()
-        for d in r["detections"]:
-            assert 0 <= d["score"] <= 1 and d["class"] in ("rectangle", "ellipse", "triangle")
+    eval_and_detect(run / "last.pt", data, 3)

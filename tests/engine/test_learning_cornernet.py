@@ -18,16 +18,12 @@ THRESHOLD = 0.3
 # pairs the wrong corners gives ~0.
 @pytest.mark.slow
 def test_cornernet_learns_shapes(learning_shapes, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # measured with one thread; on 2 busy cores a second thread only adds overhead
-    try:
-        torch.manual_seed(0)
-        cfg = TrainConfig(model="cornernet_hourglass_light", data=str(learning_shapes), output=str(tmp_path / "run"),
-                          epochs=EPOCHS, batch_size=8, lr=2e-3, workers=0, warmup_iters=50, eval_every=0,
-                          progress=False, seed=0, model_kwargs=dict(min_size=128, max_size=128))
-        result = fit(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # measured with one thread (conftest restores the count after the test)
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="cornernet_hourglass_light", data=str(learning_shapes), output=str(tmp_path / "run"),
+                      epochs=EPOCHS, batch_size=8, lr=2e-3, workers=0, warmup_iters=50, eval_every=0, progress=False,
+                      seed=0, model_kwargs=dict(min_size=128, max_size=128))
+    result = fit(cfg)
     ap50 = result["metrics"]["bbox"]["AP50"]
     print("cornernet_hourglass_light box AP50", ap50)
     assert ap50 >= THRESHOLD, f"cornernet_hourglass_light: box AP50 {ap50:.3f} < {THRESHOLD}"

@@ -2,7 +2,6 @@
 detect) on a tiny generated dataset, and the learning test (YOLOX-tiny from scratch on shapes)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ def test_shapes_preset_sets_input_size():
     assert "input_size" not in model_kwargs_for(TrainConfig(model="yolox_s", data="somewhere"), num_classes=4)
 
 
-def test_cli_train_eval_detect(tmp_path):
+def test_cli_train_eval_detect(tmp_path, eval_and_detect):
     data, run = tmp_path / "shapes", tmp_path / "run"
     assert main(["shapes", str(data), "--split", "train", "--num-images", "4", "--image-size", "64",
                  "--no-progress"]) == 0
@@ -35,20 +34,7 @@ def test_cli_train_eval_detect(tmp_path):
     assert set(record["losses"]) == {"loss", "loss_iou", "loss_obj", "loss_cls"}
     assert record["iterations"] == 2 and record["metrics"]["bbox"].keys() >= {"AP", "AP50"}
 
-    metrics = tmp_path / "metrics.json"
-    assert main(["eval", str(run / "last.pt"), "--data", str(data), "--json", str(metrics), "--workers", "0",
-                 "--no-progress"]) == 0
-    assert "AP50" in json.loads(metrics.read_text())["bbox"]
-
-    out = tmp_path / "det"
-    assert main(["detect", str(run / "last.pt"), str(data / "val"), "--output", str(out), "--score-thresh", "0",
-                 "--no-progress"]) == 0
-    records = json.loads((out / "detections.json").read_text())
-    assert len(records) == 2
-    for r in records:
-        assert Path(r["output"]).is_file()
-        for d in r["detections"]:
-            assert 0 <= d["score"] <= 1 and d["class"] in ("rectangle", "ellipse", "triangle")
+    eval_and_detect(run / "last.pt", data, 2)
 
 
 EPOCHS = 18
