@@ -15,7 +15,7 @@ THRESHOLD = 0.3
 # thread), 2026-12-06: box AP50 0.487 at 10 epochs (the same in two runs); 148.0 s user + 2.5 s sys,
 # 151 s wall, and 135.8 s user + 2.4 s sys, 139 s wall, for the whole pytest run (data generation
 # included). A 20-epoch run of the same recipe (lr steps 14, 18) was at AP50 0.28 after epoch 4,
-# 0.40 after 8, 0.56 after 16 and 0.54 after 20; a decoder that pairs the wrong corners gives ~0.
+# 0.40 after 8, 0.56 after 16 and 0.54 after 20.
 @pytest.mark.slow
 def test_cornernet_learns_shapes(learning_shapes, tmp_path):
     torch.set_num_threads(1)  # measured with one thread (conftest restores the count after the test)
