@@ -46,7 +46,7 @@ def test_shapes_preset(model):
     kwargs = model_kwargs_for(TrainConfig(model=model, model_kwargs={"topk_candidates": 50}), num_classes=4)
     assert kwargs["num_convs"] == 2 and kwargs["topk_candidates"] == 50 and kwargs["min_size"] == 128
     assert kwargs["fpn_channels"] == 128
-    assert ("anchor_sizes" in kwargs) == model.startswith("retinanet")
+    assert ("anchor_sizes" in kwargs) == ("head_norm" in kwargs) == model.startswith("retinanet")
     from fastdet import models
 
     m = models.build_model(model, **kwargs)

@@ -239,6 +239,23 @@ def test_small_config_arguments():
                          anchor_sizes=(8, 16, 32, 64, 128))
 
 
+def test_retinanet_head_norm():
+    # head_norm="group": v1 with v2's GroupNorm towers (conv without bias, keys conv.<i>.{0, 1})
+    m = models.retinanet_resnet18_fpn(num_classes=4, num_convs=2, fpn_channels=64, head_norm="group", **SMALL)
+    for branch in (m.head.classification_head, m.head.regression_head):
+        assert [type(block[1]) for block in branch.conv] == [torch.nn.GroupNorm] * 2 and branch.conv[0][0].bias is None
+    assert "head.regression_head.conv.1.1.weight" in m.state_dict()
+    (out,) = m.eval()([torch.rand(3, 96, 128)])
+    assert out["boxes"].shape[1] == 4
+    assert not any(isinstance(x, torch.nn.GroupNorm) for x in models.retinanet_resnet18_fpn(num_classes=4).modules())
+    with pytest.raises(ValueError, match="RetinaNet: head_norm must be one of"):
+        models.retinanet_resnet18_fpn(num_classes=4, head_norm="batch")
+    with pytest.raises(ValueError, match="RetinaNet: give head or head_norm, not both"):
+        models.RetinaNet(m.backbone, 4, head=m.head, head_norm="group")
+    with pytest.raises(ValueError, match="retinanet_resnet50_fpn_v2: v2's heads have GroupNorm"):
+        models.retinanet_resnet50_fpn_v2(num_classes=4, head_norm=None)
+
+
 # ---- ATSS -----------------------------------------------------------------------------------------------
 
 

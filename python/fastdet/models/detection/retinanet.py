@@ -30,6 +30,8 @@ from .rpn import conv_block, rename_legacy_keys
 from .transform import RCNNTransform
 
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
+# RetinaNet's head_norm: the norm layer after every head tower conv (v2's heads: GroupNorm(32))
+HEAD_NORMS = {None: None, "group": partial(nn.GroupNorm, 32)}
 
 
 def default_anchor_generator(sizes=(32, 64, 128, 256, 512)) -> AnchorGenerator:
@@ -206,17 +208,24 @@ class RetinaNet(DenseDetector):
     (``head.regression_head`` loss type). ``anchor_sizes`` (not in torchvision): one base anchor
     size per level instead of 32..512, e.g. (8, 16, 32, 64, 128) for objects of 8-120 px in 128 px
     images; ``num_convs`` (not in torchvision, which has 4): the convs of each default head tower
-    (2 halves a CPU training step on small inputs, where the towers dominate).
+    (2 halves a CPU training step on small inputs, where the towers dominate); ``head_norm`` (not
+    in torchvision): None (v1's towers, no norm) or "group" (GroupNorm(32) after every tower conv,
+    as RetinaNet v2 and FCOS: without it a model trained from scratch does not learn, see
+    fastdet.engine.trainer.SHAPES_MODEL_KWARGS).
     Extra keyword arguments go to the transform (``size_divisible``, ``fixed_size``).
     """
 
     def __init__(self, backbone, num_classes, min_size=800, max_size=1333, image_mean=None, image_std=None,
                  anchor_generator=None, head=None, proposal_matcher=None, score_thresh=0.05, nms_thresh=0.5,
                  detections_per_img=300, fg_iou_thresh=0.5, bg_iou_thresh=0.4, topk_candidates=1000,
-                 anchor_sizes=None, num_convs=4, **kwargs):
+                 anchor_sizes=None, num_convs=4, head_norm=None, **kwargs):
         name = type(self).__name__
         if anchor_generator is not None and anchor_sizes is not None:
             raise ValueError(f"{name}: give anchor_generator or anchor_sizes, not both")
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"{name}: head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+        if head is not None and head_norm is not None:
+            raise ValueError(f"{name}: give head or head_norm, not both")
         if anchor_generator is None:
             anchor_generator = default_anchor_generator(*([anchor_sizes] if anchor_sizes is not None else []))
         if not isinstance(anchor_generator, AnchorGenerator):
@@ -225,7 +234,7 @@ class RetinaNet(DenseDetector):
             if num_classes is None or int(num_classes) < 2:
                 raise ValueError(f"{name}: num_classes counts the background and must be >= 2, got {num_classes}")
             head = RetinaNetHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], num_classes,
-                                 num_convs=num_convs)
+                                 norm_layer=HEAD_NORMS[head_norm], num_convs=num_convs)
         transform = RCNNTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
                                   image_std or [0.229, 0.224, 0.225], **kwargs)
         super().__init__(backbone, head, anchor_generator, transform, score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -276,8 +285,10 @@ def _build(fn: str, *, depth: int, v2: bool, weights, weights_backbone, num_clas
     dcn = check_stage_with_dcn(fn, kwargs.pop("stage_with_dcn", None))
     backbone = p3_p7_backbone(fn, depth, plan, v2=v2, channels=kwargs.pop("fpn_channels", 256), stage_with_dcn=dcn)
     if v2:  # the improved recipe (Zhang et al. 2020) as torchvision's: GroupNorm heads, GIoU box loss
+        if kwargs.pop("head_norm", "group") != "group":
+            raise ValueError(f"{fn}: v2's heads have GroupNorm; head_norm can only be 'group'")
         kwargs.setdefault("head", RetinaNetHead(backbone.out_channels, anchors_per_location, plan.num_classes,
-                                                norm_layer=partial(nn.GroupNorm, 32), loss_type="giou",
+                                                norm_layer=HEAD_NORMS["group"], loss_type="giou",
                                                 num_convs=kwargs.pop("num_convs", 4)))
     model = RetinaNet(backbone, plan.num_classes, **kwargs)
     if plan.path is not None:
@@ -319,7 +330,7 @@ def _builder(name: str, title: str, *, depth: int, v2: bool):
     build.__name__ = build.__qualname__ = name
     build.__doc__ = DOC.format(title=title, backbone=f"ResNet-{depth}", cls="RetinaNet",
                                frozen="BatchNorm2d (v2)" if v2 else "FrozenBatchNorm2d (ResNet-50: eps 0 with weights)",
-                               extra="fg_iou_thresh, bg_iou_thresh, anchor_sizes, num_convs, ")
+                               extra="fg_iou_thresh, bg_iou_thresh, anchor_sizes, num_convs, head_norm, ")
     return build
 
 
