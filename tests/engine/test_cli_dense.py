@@ -1,4 +1,4 @@
-"""The zoo's command line with the dense detectors (RetinaNet, FCOS) end to end on a tiny generated
+"""The zoo's command line with the dense detectors (RetinaNet, FCOS, GFL, BorderDet) end to end on a tiny generated
 dataset: train -> eval -> detect; and the shapes preset they get when `fastdet train` generates the data."""
 
 import json
@@ -12,6 +12,7 @@ from fastdet.engine.trainer import TrainConfig, model_kwargs_for
 
 @pytest.mark.parametrize("model, losses", [("retinanet_resnet18_fpn", {"classification", "bbox_regression"}),
                                            ("fcos_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness"}),
+                                           ("gfl_resnet18_fpn", {"classification", "bbox_regression", "bbox_distribution"}),
                                            ("borderdet_resnet18_fpn", {"classification", "bbox_regression", "bbox_ctrness",
                                                                        "border_classification", "border_regression"})])
 def test_train_eval_detect(model, losses, shapes, tmp_path, capsys):
