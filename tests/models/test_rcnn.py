@@ -238,10 +238,13 @@ def test_eval_zero_detections(kwargs):
 # ---- training -------------------------------------------------------------------------------------------
 
 
-def assert_same_losses_and_backward(tv, ours, targets, rtol=1e-4):
+def assert_same_losses_and_backward(tv, ours, targets, rtol=1e-4, dtype=torch.float32):
     """Both models in training mode on images() with the same seed give the same losses (finite
-    scalars, same names and order); backward reaches every trainable parameter of ours."""
-    ims = images()
+    scalars, same names and order); backward reaches every trainable parameter of ours. dtype:
+    the models', images' and target boxes' floating type (the models are converted)."""
+    ims = [im.to(dtype) for im in images()]
+    targets = [dict(t, boxes=t["boxes"].to(dtype)) for t in targets]
+    tv.to(dtype), ours.to(dtype)
     tv.train(), ours.train()
     torch.manual_seed(11)
     expected = tv(ims, targets)
@@ -256,14 +259,19 @@ def assert_same_losses_and_backward(tv, ours, targets, rtol=1e-4):
     assert not missing, missing[:5]
 
 
-@pytest.mark.parametrize("name,empty", [("maskrcnn_resnet18_fpn", ()), ("maskrcnn_resnet18_fpn", (1,)),
-                                        ("fasterrcnn_resnet50_fpn_v2", ())])
-def test_training_losses_match_torchvision(name, empty):
+# The v2 case runs in float64: in float32 its box-head losses depend on the thread count's rounding
+# (measured 2026-12-06: loss_classifier 4.3e-4 and loss_box_reg 2.1e-4 relative apart from
+# torchvision's with one thread, equal with two; equal with both in float64).
+@pytest.mark.parametrize("name,empty,dtype", [("maskrcnn_resnet18_fpn", (), torch.float32),
+                                              ("maskrcnn_resnet18_fpn", (1,), torch.float32),
+                                              ("fasterrcnn_resnet50_fpn_v2", (), torch.float64)])
+def test_training_losses_match_torchvision(name, empty, dtype):
     """Same seed, same inputs -> the same sampled anchors and proposals (the samplers draw from
     torch's RNG in torchvision's order) -> the same losses; then gradients reach the parameters."""
     tv, ours = pair(name, calibrate=False, min_size=(112, 128), rpn_batch_size_per_image=64,
                     box_batch_size_per_image=64)
-    assert_same_losses_and_backward(tv, ours, make_targets(images(), masks=models.is_mask_model(name), empty=empty))
+    assert_same_losses_and_backward(tv, ours, make_targets(images(), masks=models.is_mask_model(name), empty=empty),
+                                    dtype=dtype)
     head = ours.roi_heads.box_predictor.cls_score.weight.grad
     assert head is not None and head.abs().sum() > 0
 
