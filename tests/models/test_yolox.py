@@ -183,6 +183,55 @@ def test_training_losses_match_official(name, use_l1, empty):
         assert (p.grad - expected).norm() <= 1e-4 * expected.norm() + 1e-7, k
 
 
+class RecordingAssigner(torch.nn.Module):
+    """Wraps a model's SimOTAAssigner and keeps the priors and assignment of its last call."""
+
+    def __init__(self, assigner):
+        super().__init__()
+        self.assigner = assigner
+
+    def forward(self, scores, boxes, priors, gt_boxes, gt_labels, gt_mask):
+        out = self.assigner(scores, boxes, priors, gt_boxes, gt_labels, gt_mask)
+        self.priors, self.gt_boxes, self.matched = priors, gt_boxes, out[0]
+        return out
+
+
+def foreground_centre_offsets(recorder):
+    """|anchor centre - matched GT centre| / stride (max over x and y) of every foreground anchor."""
+    fg = recorder.matched >= 0                                                    # [B, A]
+    gt = torch.gather(recorder.gt_boxes, 1, recorder.matched.clamp(min=0)[..., None].expand(-1, -1, 4))
+    centre = (gt[..., :2] + gt[..., 2:]) / 2
+    offset = ((recorder.priors[None, :, :2] - centre).abs() / recorder.priors[None, :, 2:]).amax(-1)
+    return offset[fg]
+
+
+def test_simota_rule_yolox_in_loss():
+    """simota_rule="yolox" (the current upstream rule: centre regions of 1.5 strides only) in the
+    training loss: every foreground anchor lies strictly within 1.5 strides of its GT's centre, the
+    assignment differs from the default "yolox-0.3.0" rule's (box-or-centre candidates, radius 2.5,
+    1e5 penalty) on the same input, and the losses are finite and backpropagate."""
+    size = 128
+    g = torch.Generator().manual_seed(7)
+    targets = []
+    for _ in range(2):  # boxes of 40-80 px: many anchors inside a box but outside its centre region
+        xy = torch.rand(3, 2, generator=g) * 40
+        targets.append({"boxes": torch.cat([xy, xy + 40 + torch.rand(3, 2, generator=g) * 40], 1),
+                        "labels": torch.randint(0, NUM_CLASSES, (3,), generator=g)})
+    x = torch.rand(2, 3, size, size, generator=g) * 255
+    offsets, matched = {}, {}
+    for rule in ("yolox", "yolox-0.3.0"):
+        _, ours = pair("yolox_nano", size, simota_rule=rule)
+        ours.train()
+        ours.assigner = RecordingAssigner(ours.assigner)
+        losses = ours.loss(x, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        offsets[rule], matched[rule] = foreground_centre_offsets(ours.assigner), ours.assigner.matched
+        assert len(offsets[rule]) > 0
+    assert offsets["yolox"].max() < 1.5
+    assert not torch.equal(matched["yolox"], matched["yolox-0.3.0"])
+
+
 def test_training_forward_scales_targets():
     _, ours = pair("yolox_nano", 128)
     ours.train()
