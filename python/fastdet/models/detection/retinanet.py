@@ -223,7 +223,7 @@ class RetinaNet(DenseDetector):
         if anchor_generator is not None and anchor_sizes is not None:
             raise ValueError(f"{name}: give anchor_generator or anchor_sizes, not both")
         if head_norm not in HEAD_NORMS:
-            raise ValueError(f"{name}: head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+            raise ValueError(f"{name}: head_norm must be one of {tuple(HEAD_NORMS)}, got {head_norm!r}")
         if head is not None and head_norm is not None:
             raise ValueError(f"{name}: give head or head_norm, not both")
         if anchor_generator is None:
