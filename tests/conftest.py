@@ -102,7 +102,7 @@ def torchrun():
 def eval_and_detect(tmp_path):
     """check(checkpoint, data, num_val_images): `fastdet eval` writes box AP50 to its JSON, and
     `fastdet detect` on the data's val images writes one drawn image per image and detections of
-    the shapes classes with scores in [0, 1]."""
+    the shapes classes with scores in [0, 1]; returns detect's records (detections.json)."""
     import json
     from pathlib import Path
 
@@ -122,5 +122,6 @@ def eval_and_detect(tmp_path):
             assert Path(r["output"]).is_file()
             for d in r["detections"]:
                 assert 0 <= d["score"] <= 1 and d["class"] in ("rectangle", "ellipse", "triangle")
+        return records
 
     return check
