@@ -17,6 +17,7 @@
 // otherwise each of its four integer corners contributes when it lies inside the plane.
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -24,6 +25,7 @@
 
 #include "common/checks.h"
 #include "common/macros.h"
+#include "common/segments.h"
 
 namespace fastdet {
 
@@ -41,17 +43,26 @@ struct DeformPoint {
   S w[4], dy[4], dx[4];
 };
 
+// The top-left corner (y0, x0) = (floor y, floor x) of a point's bilinear support, in
+// [-1, H - 1] x [-1, W - 1]; false for a point outside (-1, H) x (-1, W) or with a NaN/inf
+// coordinate, which samples 0 and gets no gradient.
+template <typename S>
+FASTDET_HD bool deform_corner(S y, S x, int64_t height, int64_t width, int64_t& y0, int64_t& x0) {
+  // NB: written so that NaN fails it (every comparison with NaN is false).
+  if (!(y > S(-1) && y < S(height) && x > S(-1) && x < S(width))) return false;
+  y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);  // truncation; floor below
+  if (S(y0) > y) --y0;
+  if (S(x0) > x) --x0;
+  return true;
+}
+
 template <typename S>
 FASTDET_HD DeformPoint<S> deform_point(S y, S x, int64_t height, int64_t width) {
   DeformPoint<S> p;
   for (int j = 0; j < 4; ++j) p.o[j] = 0, p.w[j] = p.dy[j] = p.dx[j] = S(0);
-  // NB: written so that NaN fails it (every comparison with NaN is false).
-  if (!(y > S(-1) && y < S(height) && x > S(-1) && x < S(width))) return p;
-  int64_t y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);  // truncation; floor below
-  if (S(y0) > y) --y0;                                                  // y0 in [-1, H - 1]
-  if (S(x0) > x) --x0;
-  const S yf = S(y0), xf = S(x0);
-  const S ly = y - yf, lx = x - xf, hy = S(1) - ly, hx = S(1) - lx;
+  int64_t y0, x0;
+  if (!deform_corner(y, x, height, width, y0, x0)) return p;
+  const S ly = y - S(y0), lx = x - S(x0), hy = S(1) - ly, hx = S(1) - lx;
   const bool in_y[2] = {y0 >= 0, y0 + 1 < height}, in_x[2] = {x0 >= 0, x0 + 1 < width};
   const S wy[2] = {hy, ly}, wx[2] = {hx, lx};
   for (int a = 0; a < 2; ++a) {
@@ -67,6 +78,96 @@ FASTDET_HD DeformPoint<S> deform_point(S y, S x, int64_t height, int64_t width) 
   return p;
 }
 
+// The sizes a kernel thread needs (a plain struct, passed by value to CUDA kernels).
+struct DeformGeometry {
+  int64_t c, h, w, kw, kk, wo, hwo, og, cog, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+};
+
+// Sampling point idx of a chunk of images starting at image n0, the points ordered (image b of the
+// chunk, offset group og, tap k, output pixel pix) with the pixel fastest; its mask value (1
+// without a mask) and its corners.
+template <typename S>
+struct DeformItem {
+  int64_t b, og, k, pix;
+  S mk;
+  DeformPoint<S> d;
+};
+
+// The point's coordinates (y, x): the tap's place in the undeformed grid plus its offset.
+template <typename T, typename S>
+FASTDET_HD void deform_coords(const DeformGeometry& g, int64_t n, int64_t og, int64_t k, int64_t pix, const T* offset,
+                              S& y, S& x) {
+  const int64_t oy = pix / g.wo, ox = pix % g.wo, ki = k / g.kw, kj = k % g.kw;
+  const T* off = offset + ((n * g.og + og) * 2 * g.kk + 2 * k) * g.hwo + pix;
+  y = S(oy * g.stride_h - g.pad_h + ki * g.dil_h) + static_cast<S>(off[0]);
+  x = S(ox * g.stride_w - g.pad_w + kj * g.dil_w) + static_cast<S>(off[g.hwo]);
+}
+
+template <typename T, typename S>
+FASTDET_HD DeformItem<S> deform_item(const DeformGeometry& g, int64_t idx, int64_t n0, const T* offset,
+                                     const T* mask) {
+  DeformItem<S> it;
+  it.pix = idx % g.hwo;
+  it.k = (idx / g.hwo) % g.kk;
+  it.og = (idx / (g.hwo * g.kk)) % g.og;
+  it.b = idx / (g.hwo * g.kk * g.og);
+  const int64_t n = n0 + it.b;
+  S y, x;
+  deform_coords<T, S>(g, n, it.og, it.k, it.pix, offset, y, x);
+  it.mk = mask ? static_cast<S>(mask[((n * g.og + it.og) * g.kk + it.k) * g.hwo + it.pix]) : S(1);
+  it.d = deform_point<S>(y, x, g.h, g.w);
+  return it;
+}
+
+// ---- deterministic grad_input: a gather -------------------------------------------------------------
+// The backward's scatter (every point adds mask * grad_column * weight into its 4 corners) turned
+// into a gather, for torch.use_deterministic_algorithms: the points of a chunk of images are
+// grouped by their cell, the (image, offset group, y0, x0) of their bilinear support, with a stable
+// sort (common/segments.h); the points that touch input pixel (y, x) are then exactly those of the
+// 4 cells (y - 1 .. y, x - 1 .. x), and one thread sums each grad_input element in that fixed
+// order. Bitwise reproducible, no atomics, O(points) memory (a point serves all C / OG channels of
+// its offset group). Cells: (H + 1) x (W + 1) per (image, offset group), as y0, x0 start at -1.
+
+FASTDET_HD int64_t deform_cells_per_plane(const DeformGeometry& g) { return (g.h + 1) * (g.w + 1); }
+
+// The cell of point idx of the chunk (see deform_item), or -1 when it samples nothing.
+template <typename T, typename S>
+FASTDET_HD int64_t deform_cell_key(const DeformGeometry& g, int64_t idx, int64_t n0, const T* offset) {
+  const int64_t pix = idx % g.hwo, k = (idx / g.hwo) % g.kk, og = (idx / (g.hwo * g.kk)) % g.og;
+  const int64_t b = idx / (g.hwo * g.kk * g.og);
+  S y, x;
+  deform_coords<T, S>(g, n0 + b, og, k, pix, offset, y, x);
+  int64_t y0, x0;
+  if (!deform_corner(y, x, g.h, g.w, y0, x0)) return -1;
+  return (b * g.og + og) * deform_cells_per_plane(g) + (y0 + 1) * (g.w + 1) + (x0 + 1);
+}
+
+// d loss / d input[n0 + b, c, y, x], summed in a fixed order over the points of the 4 cells whose
+// support covers (y, x). cells: segments_by_key of the chunk's cell keys; gcols [C * KK, nb * HWO]
+// (row c * KK + k, column b * HWO + pix), the gradient of the masked columns.
+template <typename T, typename S>
+FASTDET_HD S deform_grad_input_at(const DeformGeometry& g, int64_t n0, int64_t nb, int64_t b, int64_t c, int64_t y,
+                                  int64_t x, const int64_t* order, const int64_t* cell_offsets, const T* offset,
+                                  const T* mask, const T* gcols) {
+  const int64_t plane = (b * g.og + c / g.cog) * deform_cells_per_plane(g), ncol = nb * g.hwo;
+  S sum = 0;
+  for (int dy = 0; dy < 2; ++dy) {
+    for (int dx = 0; dx < 2; ++dx) {
+      // The cell (y0, x0) = (y - 1 + dy, x - 1 + dx), of whose points (y, x) is corner j.
+      const int64_t cell = plane + (y + dy) * (g.w + 1) + (x + dx);
+      const int j = 2 * (1 - dy) + (1 - dx);
+      for (int64_t i = cell_offsets[cell]; i < cell_offsets[cell + 1]; ++i) {
+        const DeformItem<S> it = deform_item<T, S>(g, order[i], n0, offset, mask);
+        const S w = it.d.w[j];
+        if (w == S(0)) continue;  // as the scatter: a zero weight passes no NaN/inf
+        const S gq = static_cast<S>(gcols[(c * g.kk + it.k) * ncol + b * g.hwo + it.pix]);
+        sum += gq * it.mk * w;
+      }
+    }
+  }
+  return sum;
+}
+
 struct DeformConvProblem {
   at::Tensor input, offset, weight, mask;  // contiguous; mask undefined without one
   int64_t n, c, h, w, cout, kh, kw, ho, wo;
@@ -78,7 +179,26 @@ struct DeformConvProblem {
   int64_t cg() const { return c / groups; }            // input channels per weight group
   int64_t coutg() const { return cout / groups; }      // output channels per weight group
   int64_t cog() const { return c / offset_groups; }    // input channels per offset group
+  DeformGeometry geometry() const {
+    return {c, h, w, kw, kk(), wo, hwo(), offset_groups, cog(), stride_h, stride_w, pad_h, pad_w, dil_h, dil_w};
+  }
 };
+
+// grad[n0 : n0 + nb] ([nb, COUT, HO, WO]) as [G, COUT / G, nb * HWO], the GEMM layout of the columns.
+inline at::Tensor grad_output_chunk(const DeformConvProblem& p, const at::Tensor& grad, int64_t n0, int64_t nb) {
+  return grad.narrow(0, n0, nb)
+      .reshape({nb, p.cout, p.hwo()})
+      .permute({1, 0, 2})
+      .contiguous()
+      .view({p.groups, p.coutg(), nb * p.hwo()});
+}
+
+// Images per chunk of the deterministic gather (at most `chunk`): its keys, sort and segment
+// offsets take ~24 bytes a point and 8 a cell, so each stays under ~2^24 per chunk.
+inline int64_t deform_gather_chunk(const DeformConvProblem& p, int64_t chunk) {
+  const int64_t per_image = p.offset_groups * std::max(p.kk() * p.hwo(), (p.h + 1) * (p.w + 1));
+  return std::clamp<int64_t>((int64_t(1) << 24) / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(chunk, 1));
+}
 
 inline void check_pair(at::IntArrayRef v, const char* op, const char* arg, int64_t min) {
   TORCH_CHECK(v.size() == 2, "fastdet::", op, ": ", arg, " must have 2 elements (h, w), got ", v.size());

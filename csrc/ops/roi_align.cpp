@@ -137,15 +137,11 @@ RoiAlignProblem prepare_roi_align_backward(const at::Tensor& grad, const at::Ten
   return p;
 }
 
-RoiSegments roi_segments(const RoiAlignProblem& p) {
+KeySegments roi_segments(const RoiAlignProblem& p) {
   const RoiAlignParams& q = p.params;
   const at::Tensor image = p.rois.select(1, 0).to(at::kLong);
   const at::Tensor keys = p.levels.defined() ? p.levels * q.batch + image : image;
-  RoiSegments s;
-  s.order = at::argsort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor bounds = at::arange(static_cast<int64_t>(q.num_levels) * q.batch + 1, keys.options());
-  s.offsets = at::searchsorted(keys.index_select(0, s.order), bounds);
-  return s;
+  return segments_by_key(keys, static_cast<int64_t>(q.num_levels) * q.batch);
 }
 
 namespace {

@@ -20,6 +20,7 @@
 
 #include "common/bilinear.h"
 #include "common/macros.h"
+#include "common/segments.h"
 
 namespace fastdet {
 
@@ -133,10 +134,7 @@ RoiAlignProblem prepare_roi_align_backward(const at::Tensor& grad, const at::Ten
 
 // The RoIs grouped by segment s = level * N + image, in index order inside a segment (a stable
 // sort): RoIs of segment s are order[offsets[s] .. offsets[s + 1]). Built on the rois' device.
-struct RoiSegments {
-  at::Tensor order, offsets;  // int64 [K], int64 [L * N + 1]
-};
-RoiSegments roi_segments(const RoiAlignProblem& p);
+KeySegments roi_segments(const RoiAlignProblem& p);
 
 // A backend runs a validated problem: the forward writes output [K, C, PH, PW] (allocated in the
 // layout); the backward adds into params.grad_features (zeroed math-type buffers, one per level)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tol
+from conftest import deterministic, tol
 from fastdet import ops
 from fastdet.ops._reference import deform_conv2d as ref
 
@@ -134,6 +134,67 @@ def test_non_contiguous_inputs(device):
     nc["input"] = args["input"].to(memory_format=torch.channels_last)
     nc["offset"] = args["offset"].transpose(2, 3).contiguous().transpose(2, 3)
     assert_all_close(run(ops.deform_conv2d, nc), run(ops.deform_conv2d, args), rtol=1e-12, atol=1e-12)
+
+
+# ---- deterministic mode: grad_input by the gather of ops/deform_conv2d.h --------------------------
+
+
+def run_deterministic(args):
+    with deterministic():
+        return run(ops.deform_conv2d, args)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+def test_deterministic_backward_matches_default(cfg, device):
+    args = make(*cfg, device=device)
+    assert_all_close(run_deterministic(args), run(ops.deform_conv2d, args), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_deterministic_backward_edge_points(dtype, device):
+    # Points on grid lines, on the borders (y = -1 and y = H sample nothing; y = H - 1 one row),
+    # just inside them, far outside, and NaN/inf: each is a boundary case of the cell search.
+    args = make(n=2, c=4, h=6, w=5, cout=3, groups=1, offset_groups=2, dtype=torch.float64, seed=3)
+    values = torch.tensor([0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -3.0, 1e-3, -1e-3, 4.999, 6.0, -6.0, 40.0,
+                           float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
+    pick = torch.randint(len(values), args["offset"].shape, generator=torch.Generator().manual_seed(4))
+    args["offset"] = values[pick]
+    args = {k: (v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    want, got = run(ops.deform_conv2d, args), run_deterministic(args)
+    assert_all_close(got, want, **tol(dtype))
+
+
+def test_deterministic_backward_in_chunks(device):
+    # C * KK * HWO = 5.76M per image: the CPU gather runs in chunks of 2 images (n0 > 0 paths).
+    args = make(n=3, c=16, h=120, w=120, cout=4, k=5, groups=1, offset_groups=2, padding=2, dtype=torch.float32,
+                device=device)
+    assert_all_close(run_deterministic(args), run(ops.deform_conv2d, args), rtol=1e-4, atol=1e-4)
+
+
+def test_deterministic_cpu_backward_is_thread_count_independent():
+    args = make(n=5, c=8, h=12, w=11, cout=8, groups=2, offset_groups=4, dtype=torch.float32, seed=5)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results.append(run_deterministic(args))
+    for name in results[0][1]:
+        assert torch.equal(results[0][1][name], results[1][1][name]), name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_deterministic_backward_is_bitwise_repeatable(dtype):
+    # Large offsets of one sign pile many points onto few cells: many sums per element.
+    args = make(n=3, c=32, h=20, w=24, cout=16, groups=1, offset_groups=2, dtype=dtype, device="cuda", seed=6)
+    args["offset"] = args["offset"].abs() * 3
+    runs = [run_deterministic(args)[1] for _ in range(3)]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]) and torch.equal(runs[0][name], runs[2][name]), name
+    atomic = run(ops.deform_conv2d, args)[1]
+    for name in runs[0]:
+        scale = max(1.0, atomic[name].abs().max().item())
+        torch.testing.assert_close(runs[0][name], atomic[name], rtol=tol(dtype)["rtol"] * 10,
+                                   atol=tol(dtype)["atol"] * 10 * scale, msg=lambda m, k=name: f"grad {k}: {m}")
 
 
 # ---- input validation -----------------------------------------------------------------------------

@@ -21,14 +21,19 @@
 //   grad_input: a thread owns every image whose items all lie in its range and writes it directly;
 //   an image split between threads (at most two per thread) is accumulated in a private buffer
 //   and added afterwards. Deterministic for a given thread count, no atomics.
+// * torch.use_deterministic_algorithms(True): independent of the thread count too. The items are
+//   split into a fixed number of ranges (grad_weight's partial sums), and grad_input is the gather
+//   that the CUDA kernel uses in that mode (ops/deform_conv2d.h), so the CPU tests cover it.
 // * fp16/bf16 inputs are converted to fp32 once, computed in fp32 and rounded once at the end.
 // * A corner whose weight is 0 contributes nothing (so a point outside the map samples 0 even
 //   when the plane holds NaN/inf); plane offsets are int32 (checked: H * W < 2^31), image and
 //   channel offsets int64.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -51,19 +56,24 @@ inline S mul0(S a, S v) {
   return a == S(0) ? S(0) : a * v;
 }
 
-// (image, tile) work items split into `chunks` contiguous ranges, one per thread.
+// (image, tile) work items split into `chunks` contiguous ranges, one per thread; or, in
+// deterministic mode, into a fixed number of ranges that the threads share, so that the backward's
+// per-range partial sums (grad_weight) do not depend on the thread count.
 struct Split {
   int64_t tile, tiles, items, chunks;
   int64_t begin(int64_t chunk) const { return items * chunk / chunks; }
 };
 
-Split make_split(const DeformConvProblem& p) {
+constexpr int64_t kDeterministicChunks = 32;
+
+Split make_split(const DeformConvProblem& p, bool deterministic = false) {
   Split s;
   const int64_t rows = std::max<int64_t>(p.c * p.kk(), 1);
   s.tile = std::min<int64_t>(std::max<int64_t>(16, (int64_t(1) << 17) / rows), p.hwo());
   s.tiles = (p.hwo() + s.tile - 1) / s.tile;
   s.items = p.n * s.tiles;
-  s.chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), s.items));
+  const int64_t ranges = deterministic ? kDeterministicChunks : at::get_num_threads();
+  s.chunks = std::max<int64_t>(1, std::min<int64_t>(ranges, s.items));
   return s;
 }
 
@@ -162,10 +172,12 @@ void forward_impl(const DeformConvProblem& p, const std::optional<at::Tensor>& b
 
 // ---- backward -------------------------------------------------------------------------------------
 
+// Deterministic mode: grad_input is left to grad_input_by_gather, and the split is fixed.
 template <typename S>
-void backward_impl(const DeformConvProblem& p, const at::Tensor& grad, at::Tensor& grad_input, at::Tensor& grad_offset,
-                   at::Tensor& grad_mask, at::Tensor& grad_weight) {
-  const Split sp = make_split(p);
+void backward_impl(const DeformConvProblem& p, const at::Tensor& grad, bool deterministic, at::Tensor& grad_input,
+                   at::Tensor& grad_offset, at::Tensor& grad_mask, at::Tensor& grad_weight) {
+  const Split sp = make_split(p, deterministic);
+  const bool scatter_input = !deterministic;
   const int64_t kk = p.kk(), hw = p.h * p.w, hwo = p.hwo(), cog = p.cog(), cg = p.cg(), coutg = p.coutg();
   const S* in = p.input.const_data_ptr<S>();
   const S* off = p.offset.const_data_ptr<S>();
@@ -179,7 +191,7 @@ void backward_impl(const DeformConvProblem& p, const at::Tensor& grad, at::Tenso
 
   // Images split between two threads' ranges get a private grad_input buffer per (thread, image).
   std::vector<int64_t> part_chunk, part_image;
-  for (int64_t ch = 0; ch < sp.chunks; ++ch) {
+  for (int64_t ch = 0; ch < (scatter_input ? sp.chunks : 0); ++ch) {
     const int64_t b = sp.begin(ch), e = sp.begin(ch + 1);
     if (b == e) continue;
     for (int64_t n : {b / sp.tiles, (e - 1) / sp.tiles}) {
@@ -230,7 +242,7 @@ void backward_impl(const DeformConvProblem& p, const at::Tensor& grad, at::Tenso
                   val += mul0(w, v);
                   vy += mul0(pts.dy[j][q], v);
                   vx += mul0(pts.dx[j][q], v);
-                  if (w != S(0)) gpl[o] += gm * w;
+                  if (scatter_input && w != S(0)) gpl[o] += gm * w;
                 }
                 cl[q] = pts.mk[q] * val;
                 sm[q] += gq * val;
@@ -253,6 +265,47 @@ void backward_impl(const DeformConvProblem& p, const at::Tensor& grad, at::Tenso
   });
   for (size_t i = 0; i < part_chunk.size(); ++i) grad_input[part_image[i]].add_(part[static_cast<int64_t>(i)]);
   grad_weight.copy_(gw_acc.sum(0).view(grad_weight.sizes()));
+}
+
+// ---- deterministic grad_input ---------------------------------------------------------------------
+
+// grad_input under torch.use_deterministic_algorithms(True): the gather of ops/deform_conv2d.h, the
+// CUDA kernel's algorithm (one thread per (image, channel) plane, each element summed in the cells'
+// fixed order), so the result does not depend on the thread count. Recomputes grad_columns per chunk
+// of images (~2^24 values).
+template <typename S>
+void grad_input_by_gather(const DeformConvProblem& p, const at::Tensor& grad, at::Tensor& grad_input) {
+  const DeformGeometry geo = p.geometry();
+  const int64_t kk = p.kk(), hw = p.h * p.w;
+  const int64_t columns_chunk =
+      std::clamp<int64_t>((int64_t(1) << 24) / std::max<int64_t>(p.c * kk * p.hwo(), 1), 1, p.n);
+  const int64_t chunk = deform_gather_chunk(p, columns_chunk);
+  const at::Tensor wt = p.weight.view({p.groups, p.coutg(), p.cg() * kk}).transpose(1, 2);
+  const S* off = p.offset.const_data_ptr<S>();
+  const S* msk = p.use_mask ? p.mask.const_data_ptr<S>() : nullptr;
+  S* g_in = grad_input.data_ptr<S>();
+  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
+    const int64_t nb = std::min(chunk, p.n - n0), points = nb * p.offset_groups * kk * p.hwo();
+    const at::Tensor gcols = at::bmm(wt, grad_output_chunk(p, grad, n0, nb));  // [G, C/G*KK, nb * HWO]
+    at::Tensor keys = at::empty({points}, grad.options().dtype(at::kLong));
+    int64_t* key = keys.data_ptr<int64_t>();
+    at::parallel_for(0, points, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) key[i] = deform_cell_key<S, S>(geo, i, n0, off);
+    });
+    const KeySegments cells = segments_by_key(keys, nb * p.offset_groups * deform_cells_per_plane(geo));
+    const int64_t* order = cells.order.const_data_ptr<int64_t>();
+    const int64_t* cell_offsets = cells.offsets.const_data_ptr<int64_t>();
+    const S* gc = gcols.const_data_ptr<S>();
+    at::parallel_for(0, nb * p.c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        S* plane = g_in + (n0 * p.c + bc) * hw;
+        for (int64_t y = 0; y < p.h; ++y)
+          for (int64_t x = 0; x < p.w; ++x)
+            plane[y * p.w + x] = deform_grad_input_at<S, S>(geo, n0, nb, bc / p.c, bc % p.c, y, x, order,
+                                                            cell_offsets, off, msk, gc);
+      }
+    });
+  }
 }
 
 // ---- host entry points ----------------------------------------------------------------------------
@@ -304,8 +357,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::Tensor grad_weight = at::zeros_like(p.weight);
   at::Tensor grad_bias = g.sum({0, 2, 3});
   if (g.numel() > 0 && p.input.numel() > 0) {
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
-      backward_impl<scalar_t>(p, g, grad_input, grad_offset, grad_mask, grad_weight);
+      backward_impl<scalar_t>(p, g, deterministic, grad_input, grad_offset, grad_mask, grad_weight);
+      if (deterministic) grad_input_by_gather<scalar_t>(p, g, grad_input);
     });
   }
   return {grad_input, grad_offset, grad_mask, grad_weight, grad_bias};

@@ -128,7 +128,7 @@ template <typename T, bool CL>
 void backward_impl(const RoiAlignProblem& p, const at::Tensor& grad) {
   using acc_t = at::opmath_type<T>;
   const RoiAlignParams& q = p.params;
-  const RoiSegments seg = roi_segments(p);
+  const KeySegments seg = roi_segments(p);
   const int64_t* order = seg.order.const_data_ptr<int64_t>();
   const int64_t* offsets = seg.offsets.const_data_ptr<int64_t>();
   const acc_t* rois = p.rois.const_data_ptr<acc_t>();

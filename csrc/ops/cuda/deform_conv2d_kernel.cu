@@ -13,6 +13,8 @@
 //   then reduces over its channels for grad_offset and grad_mask (owned, no atomics), writes the
 //   masked columns for grad_weight (bmm, accumulated in fp32/fp64), and scatters grad_input with
 //   atomics into an fp32 (fp64) buffer (nondeterministic in the last bits).
+//   Under torch.use_deterministic_algorithms(True) grad_input is a gather instead (ops/deform_conv2d.h:
+//   the points sorted by cell, one thread per grad_input element), in smaller chunks of images.
 // * 64-bit indexing everywhere (grid-stride loops).
 // A fused implicit-GEMM kernel (no column buffer) is the next step; see ANCHORS.md part B.
 #include <ATen/Context.h>
@@ -34,42 +36,6 @@
 namespace fastdet {
 namespace {
 
-struct Geometry {
-  int64_t c, h, w, kw, kk, wo, hwo, og, cog, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-};
-
-Geometry geometry(const DeformConvProblem& p) {
-  return {p.c, p.h, p.w, p.kw, p.kk(), p.wo, p.hwo(), p.offset_groups, p.cog(),
-          p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
-}
-
-// One work item: (image n0 + b of the chunk, offset group, tap k, output pixel), its sampling
-// point and mask value.
-template <typename S>
-struct Item {
-  int64_t b, og, k, pix;
-  S mk;
-  DeformPoint<S> d;
-};
-
-template <typename T, typename S>
-__device__ __forceinline__ Item<S> item_at(const Geometry& g, int64_t idx, int64_t n0, const T* offset,
-                                           const T* mask) {
-  Item<S> it;
-  it.pix = idx % g.hwo;
-  it.k = (idx / g.hwo) % g.kk;
-  it.og = (idx / (g.hwo * g.kk)) % g.og;
-  it.b = idx / (g.hwo * g.kk * g.og);
-  const int64_t n = n0 + it.b, k = it.k, og = it.og, pix = it.pix;
-  const int64_t oy = pix / g.wo, ox = pix % g.wo, ki = k / g.kw, kj = k % g.kw;
-  const T* off = offset + ((n * g.og + og) * 2 * g.kk + 2 * k) * g.hwo + pix;
-  const S y = S(oy * g.stride_h - g.pad_h + ki * g.dil_h) + static_cast<S>(off[0]);
-  const S x = S(ox * g.stride_w - g.pad_w + kj * g.dil_w) + static_cast<S>(off[g.hwo]);
-  it.mk = mask ? static_cast<S>(mask[((n * g.og + og) * g.kk + k) * g.hwo + pix]) : S(1);
-  it.d = deform_point<S>(y, x, g.h, g.w);
-  return it;
-}
-
 template <typename S>
 __device__ __forceinline__ S mul0(S a, S v) {
   return a == S(0) ? S(0) : a * v;
@@ -77,12 +43,12 @@ __device__ __forceinline__ S mul0(S a, S v) {
 
 // columns [C * KK, B * HWO] (row c * KK + k, column b * HWO + pix) = mask * bilinear sample.
 template <typename T>
-__global__ void im2col_kernel(Geometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
+__global__ void im2col_kernel(DeformGeometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
                               T* cols) {
   using S = at::opmath_type<T>;
   const int64_t ncol = nb * g.hwo, hw = g.h * g.w;
   FASTDET_CUDA_KERNEL_LOOP(idx, nb * g.og * g.kk * g.hwo) {
-    const Item<S> it = item_at<T, S>(g, idx, n0, offset, mask);
+    const DeformItem<S> it = deform_item<T, S>(g, idx, n0, offset, mask);
     const DeformPoint<S>& d = it.d;
     const int64_t b = it.b, k = it.k, pix = it.pix;
     for (int64_t c = it.og * g.cog; c < (it.og + 1) * g.cog; ++c) {
@@ -96,22 +62,23 @@ __global__ void im2col_kernel(Geometry g, int64_t n0, int64_t nb, const T* input
 }
 
 // From grad_columns [C * KK, B * HWO]: grad_offset, grad_mask (owned), masked columns (for
-// grad_weight) and the atomic scatter into grad_input (math type A).
+// grad_weight) and, unless grad_input is null (deterministic mode: the gather below), the atomic
+// scatter into grad_input (math type A).
 template <typename T, typename A>
-__global__ void col2im_kernel(Geometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
+__global__ void col2im_kernel(DeformGeometry g, int64_t n0, int64_t nb, const T* input, const T* offset, const T* mask,
                               const T* gcols, T* cols, A* grad_input, T* grad_offset, T* grad_mask) {
   using S = at::opmath_type<T>;
   const int64_t ncol = nb * g.hwo, hw = g.h * g.w;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < nb * g.og * g.kk * g.hwo;
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const Item<S> it = item_at<T, S>(g, idx, n0, offset, mask);
+    const DeformItem<S> it = deform_item<T, S>(g, idx, n0, offset, mask);
     const DeformPoint<S>& d = it.d;
     const int64_t b = it.b, og = it.og, k = it.k, pix = it.pix, n = n0 + b;
     const S mk = it.mk;
     S sm = 0, sy = 0, sx = 0;
     for (int64_t c = og * g.cog; c < (og + 1) * g.cog; ++c) {
       const T* pl = input + (n * g.c + c) * hw;
-      A* gpl = grad_input + (n * g.c + c) * hw;
+      A* gpl = grad_input ? grad_input + (n * g.c + c) * hw : nullptr;
       const int64_t col = (c * g.kk + k) * ncol + b * g.hwo + pix;
       const S gq = static_cast<S>(gcols[col]), gm = gq * mk;
       S val = 0, vy = 0, vx = 0;
@@ -121,7 +88,7 @@ __global__ void col2im_kernel(Geometry g, int64_t n0, int64_t nb, const T* input
         val += mul0(d.w[j], v);
         vy += mul0(d.dy[j], v);
         vx += mul0(d.dx[j], v);
-        if (d.w[j] != S(0)) atomicAdd(gpl + d.o[j], static_cast<A>(gm * d.w[j]));
+        if (grad_input && d.w[j] != S(0)) atomicAdd(gpl + d.o[j], static_cast<A>(gm * d.w[j]));
       }
       cols[col] = static_cast<T>(mk * val);
       sm += gq * val;
@@ -132,6 +99,28 @@ __global__ void col2im_kernel(Geometry g, int64_t n0, int64_t nb, const T* input
     go[0] = static_cast<T>(mk * sy);
     go[g.hwo] = static_cast<T>(mk * sx);
     if (grad_mask) grad_mask[((n * g.og + og) * g.kk + k) * g.hwo + pix] = static_cast<T>(sm);
+  }
+}
+
+// Deterministic grad_input, step 1: the cell key of each point of the chunk (ops/deform_conv2d.h).
+template <typename T>
+__global__ void cell_key_kernel(DeformGeometry g, int64_t n0, int64_t nb, const T* offset, int64_t* keys) {
+  using S = at::opmath_type<T>;
+  FASTDET_CUDA_KERNEL_LOOP(idx, nb * g.og * g.kk * g.hwo) keys[idx] = deform_cell_key<T, S>(g, idx, n0, offset);
+}
+
+// Step 2 (after segments_by_key): one thread per grad_input element of the chunk, x fastest, so
+// neighbouring threads walk neighbouring cells.
+template <typename T, typename A>
+__global__ void gather_grad_input_kernel(DeformGeometry g, int64_t n0, int64_t nb, const int64_t* order,
+                                         const int64_t* cell_offsets, const T* offset, const T* mask, const T* gcols,
+                                         A* grad_input) {
+  using S = at::opmath_type<T>;
+  const int64_t hw = g.h * g.w;
+  FASTDET_CUDA_KERNEL_LOOP(idx, nb * g.c * hw) {
+    const int64_t x = idx % g.w, y = (idx / g.w) % g.h, c = (idx / hw) % g.c, b = idx / (hw * g.c);
+    grad_input[n0 * g.c * hw + idx] = static_cast<A>(
+        deform_grad_input_at<T, S>(g, n0, nb, b, c, y, x, order, cell_offsets, offset, mask, gcols));
   }
 }
 
@@ -149,7 +138,7 @@ at::Tensor deform_conv2d_forward_kernel(const at::Tensor& input, const at::Tenso
   c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options());
   if (out.numel() == 0) return out;
-  const Geometry geo = geometry(p);
+  const DeformGeometry geo = p.geometry();
   const int64_t chunk = chunk_images(p), kk = p.kk();
   const at::Tensor wg = p.weight.view({p.groups, p.coutg(), p.cg() * kk});
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -179,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   check_deform_grad(grad, p, op);
   TORCH_CHECK(input.is_cuda(), "fastdet::", op, ": input must be a CUDA tensor, got ", input.device());
   c10::cuda::CUDAGuard guard(input.device());
-  at::globalContext().alertNotDeterministic("fastdet::_deform_conv2d_backward (CUDA, grad_input atomics)");
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t kk = p.kk(), hwo = p.hwo(), cgk = p.cg() * kk;
   at::Tensor grad_input = at::zeros(p.input.sizes(), input.options().dtype(acc));
@@ -188,28 +177,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::Tensor grad_weight = at::zeros({p.groups, p.coutg(), cgk}, input.options().dtype(acc));
   at::Tensor grad_bias = grad.sum({0, 2, 3}, false, acc).to(input.scalar_type());
   if (grad.numel() > 0 && p.input.numel() > 0) {
-    const Geometry geo = geometry(p);
-    const int64_t chunk = chunk_images(p);
+    const DeformGeometry geo = p.geometry();
+    const int64_t chunk = deterministic ? deform_gather_chunk(p, chunk_images(p)) : chunk_images(p);
     const at::Tensor wg = p.weight.view({p.groups, p.coutg(), cgk});
     auto stream = at::cuda::getCurrentCUDAStream();
     for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
       const int64_t nb = std::min(chunk, p.n - n0);
-      // grad[n0 : n0 + nb] as [G, COUT/G, nb * HWO]
-      const at::Tensor go = grad.narrow(0, n0, nb)
-                                .reshape({nb, p.cout, hwo})
-                                .permute({1, 0, 2})
-                                .contiguous()
-                                .view({p.groups, p.coutg(), nb * hwo});
+      const int64_t points = nb * p.offset_groups * kk * hwo;
+      const at::Tensor go = grad_output_chunk(p, grad, n0, nb);
       const at::Tensor gcols = at::bmm(wg.transpose(1, 2), go);  // [G, C/G*KK, nb * HWO]
       at::Tensor cols = at::empty({p.c * kk, nb * hwo}, input.options());
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_col2im", [&] {
         using A = at::opmath_type<scalar_t>;
-        const int64_t work = nb * p.offset_groups * kk * hwo;
-        col2im_kernel<scalar_t, A><<<grid_for(work), kThreadsPerBlock, 0, stream>>>(
-            geo, n0, nb, p.input.const_data_ptr<scalar_t>(), p.offset.const_data_ptr<scalar_t>(),
-            p.use_mask ? p.mask.const_data_ptr<scalar_t>() : nullptr, gcols.const_data_ptr<scalar_t>(),
-            cols.data_ptr<scalar_t>(), grad_input.data_ptr<A>(), grad_offset.data_ptr<scalar_t>(),
-            p.use_mask ? grad_mask.data_ptr<scalar_t>() : nullptr);
+        const scalar_t* off = p.offset.const_data_ptr<scalar_t>();
+        const scalar_t* msk = p.use_mask ? p.mask.const_data_ptr<scalar_t>() : nullptr;
+        col2im_kernel<scalar_t, A><<<grid_for(points), kThreadsPerBlock, 0, stream>>>(
+            geo, n0, nb, p.input.const_data_ptr<scalar_t>(), off, msk, gcols.const_data_ptr<scalar_t>(),
+            cols.data_ptr<scalar_t>(), deterministic ? nullptr : grad_input.data_ptr<A>(),
+            grad_offset.data_ptr<scalar_t>(), p.use_mask ? grad_mask.data_ptr<scalar_t>() : nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (!deterministic) return;
+        at::Tensor keys = at::empty({points}, input.options().dtype(at::kLong));
+        cell_key_kernel<scalar_t><<<grid_for(points), kThreadsPerBlock, 0, stream>>>(geo, n0, nb, off,
+                                                                                      keys.data_ptr<int64_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const KeySegments cells = segments_by_key(keys, nb * p.offset_groups * deform_cells_per_plane(geo));
+        const int64_t elements = nb * p.c * p.h * p.w;
+        gather_grad_input_kernel<scalar_t, A><<<grid_for(elements), kThreadsPerBlock, 0, stream>>>(
+            geo, n0, nb, cells.order.const_data_ptr<int64_t>(), cells.offsets.const_data_ptr<int64_t>(), off, msk,
+            gcols.const_data_ptr<scalar_t>(), grad_input.data_ptr<A>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       grad_weight.add_(at::bmm(go, cols.view({p.groups, cgk, nb * hwo}).transpose(1, 2)));

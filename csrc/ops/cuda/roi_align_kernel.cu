@@ -268,7 +268,7 @@ void forward_cuda(const RoiAlignProblem& p, at::Tensor& out) {
 
 void backward_gather(const RoiAlignProblem& p, const at::Tensor& grad, cudaStream_t stream) {
   const RoiAlignParams& q = p.params;
-  const RoiSegments seg = roi_segments(p);
+  const KeySegments seg = roi_segments(p);
   TileTable tiles{};
   for (int l = 0; l < q.num_levels; ++l) {
     const int64_t th = ceil_div(q.height[l], kTile);

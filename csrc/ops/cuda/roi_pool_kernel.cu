@@ -19,13 +19,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/searchsorted.h>
-#include <ATen/ops/sort.h>
 #include <torch/library.h>
 
 #include "common/cuda_helpers.h"
+#include "common/segments.h"
 #include "ops/roi_pool.h"
 
 namespace fastdet {
@@ -220,8 +218,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   // Deterministic: CSR of RoIs per image (stable sort keeps RoI index order within an image).
   // Indices outside [0, N) (or NaN) sort outside every image's range and contribute nothing.
   const at::Tensor batch = p.rois.select(1, 0).to(at::kLong);
-  const auto [sorted, order] = at::sort(batch, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor offsets = at::searchsorted(sorted, at::arange(p.n + 1, batch.options()));
+  const auto [order, offsets] = segments_by_key(batch, p.n);
   const at::Tensor g = grad.permute({0, 2, 3, 1}).contiguous();  // [K, PH, PW, C]
   const at::Tensor a = argmax.permute({0, 2, 3, 1}).contiguous();
   at::Tensor regions = at::empty({p.k, 4}, batch.options().dtype(at::kInt));

@@ -21,8 +21,13 @@ Definitions where torchvision leaves things open:
 * ONNX: ``torch.onnx.export(model, args, dynamo=True, opset_version=19,
   custom_translation_table=deform_conv2d_onnx_translation())`` maps the op to the standard
   ``DeformConv`` operator (opset 19), which onnxruntime runs.
-* The CUDA backward accumulates grad_input with atomics (nondeterministic in the last bits; it
-  raises under ``torch.use_deterministic_algorithms(True)``); the CPU one is deterministic.
+* Determinism. By default the CUDA backward accumulates grad_input with atomics (its last bits vary
+  from run to run); the CPU backward is deterministic for a given thread count. Under
+  ``torch.use_deterministic_algorithms(True)`` both compute grad_input by a gather instead (the
+  sampling points sorted by the cell of their bilinear support; each element summed by one thread
+  in a fixed order), bitwise reproducible on CUDA and independent of the thread count on CPU. It is
+  slower (CPU, 2 x 64 x 64 x 64, 3 x 3, v2 forward + backward: 260 ms against 39 ms), and CUDA
+  GEMMs in that mode need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, as for any torch op.
 """
 
 from __future__ import annotations
