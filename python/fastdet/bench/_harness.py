@@ -27,6 +27,8 @@ class Case:
     peer_name: str = "torchvision"
     bytes_moved: int | None = None  # minimum DRAM traffic, for memory-bound ops (GB/s, % of peak)
     note: str = ""
+    flops: int | None = None  # the GEMM arithmetic (2 per multiply-add), for compute-bound ops (TFLOP/s,
+    math_dtype: torch.dtype | None = None  # % of the device's math peak for this dtype)
 
     @property
     def id(self) -> str:
@@ -129,6 +131,27 @@ def peak_bandwidth_bytes_per_s(device: str) -> float | None:
     return clock_khz * 1e3 * 2 * bus_bits / 8
 
 
+# Dense math peaks in FLOP/s (spec sheets; ANCHORS.md 1.1, and NVIDIA's A100 datasheet) by device-name
+# pattern, first match wins: fp16/bf16 on tensor cores, "tf32" (fp32 matmuls when
+# torch.backends.cuda.matmul.allow_tf32) on tensor cores, fp32 on the CUDA cores (torch's default).
+_MATH_PEAKS = [
+    ("H100 PCIe", {"half": 756e12, "float32": 51.2e12}),
+    ("H100 NVL", {}),
+    ("H100", {"half": 989.4e12, "tf32": 494.7e12, "float32": 66.9e12}),
+    ("H200", {"half": 989.4e12, "tf32": 494.7e12, "float32": 66.9e12}),
+    ("A100", {"half": 312e12, "tf32": 156e12, "float32": 19.5e12}),
+]
+
+
+def math_peak_flops_per_s(device_name: str, dtype: torch.dtype, tf32: bool = False) -> float | None:
+    """The dense math peak of a known GPU for a GEMM in dtype (None for other devices and dtypes)."""
+    key = {torch.float16: "half", torch.bfloat16: "half", torch.float32: "tf32" if tf32 else "float32"}.get(dtype)
+    for pattern, peaks in _MATH_PEAKS:
+        if pattern in device_name:
+            return peaks.get(key)
+    return None
+
+
 @dataclass
 class Result:
     op: str
@@ -140,21 +163,28 @@ class Result:
     peer_name: str
     speedup: float | None        # peer time / fastdet time, same run
     gbps: float | None = None    # achieved, for memory-bound cases
-    pct_of_peak: float | None = None
+    pct_of_peak: float | None = None  # of the DRAM bandwidth (gbps) or of the math peak (tflops)
     note: str = ""
+    tflops: float | None = None  # achieved, for compute-bound cases
 
 
 def run_case(case: Case, repeats: int) -> Result:
     mine = measure(case.fastdet, case.device, repeats=repeats)
     peer = measure(case.peer, case.device, repeats=repeats) if case.peer is not None else None
-    gbps = pct = None
+    gbps = pct = tflops = None
     if case.bytes_moved and case.device.startswith("cuda"):
         gbps = case.bytes_moved / mine.median_s / 1e9
         peak = peak_bandwidth_bytes_per_s(case.device)
         pct = 100.0 * gbps * 1e9 / peak if peak else None
+    if case.flops:
+        tflops = case.flops / mine.median_s / 1e12
+        if case.device.startswith("cuda") and case.math_dtype is not None:
+            peak = math_peak_flops_per_s(torch.cuda.get_device_name(torch.device(case.device)), case.math_dtype,
+                                         tf32=torch.backends.cuda.matmul.allow_tf32)
+            pct = 100.0 * tflops * 1e12 / peak if peak else None
     return Result(case.op, case.label, case.size, case.device, mine.median_s * 1e3,
                   peer.median_s * 1e3 if peer else None, case.peer_name if peer else "",
-                  peer.median_s / mine.median_s if peer else None, gbps, pct, case.note)
+                  peer.median_s / mine.median_s if peer else None, gbps, pct, case.note, tflops)
 
 
 def environment() -> dict:
@@ -182,17 +212,20 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def rows(results: list[Result]) -> list[list[str]]:
     return [[r.op, r.device, r.label, _fmt(r.fastdet_ms, ".3f"), _fmt(r.peer_ms, ".3f"), r.peer_name or "-",
-             _fmt(r.speedup, ".2f") + ("x" if r.speedup else ""), _fmt(r.gbps, ".0f"), _fmt(r.pct_of_peak, ".0f")]
+             _fmt(r.speedup, ".2f") + ("x" if r.speedup else ""), _fmt(r.gbps, ".0f"), _fmt(r.tflops, ".3g"),
+             _fmt(r.pct_of_peak, ".0f" if r.pct_of_peak is None or r.pct_of_peak >= 1 else ".2f")]
             for r in results]
 
 
-HEADER = ["op", "device", "case", "fastdet ms", "peer ms", "peer", "speedup", "GB/s", "% peak"]
+HEADER = ["op", "device", "case", "fastdet ms", "peer ms", "peer", "speedup", "GB/s", "TFLOP/s", "% peak"]
 
 
 def to_markdown(results: list[Result], env: dict) -> str:
     lines = [f"fastdet {env['fastdet']['version']}, torch {env['torch']}, torchvision {env.get('torchvision')}, "
              f"{env.get('cuda_device', 'no CUDA device')}, {env['cpu_threads']} CPU threads. "
-             "speedup = peer median / fastdet median, measured in the same run.", "",
+             "speedup = peer median / fastdet median, measured in the same run. % peak: of the DRAM bandwidth "
+             "for a GB/s row, of the dense math peak of the case's dtype for a TFLOP/s row (tensor cores for "
+             "fp16/bf16, CUDA cores for fp32).", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
     return "\n".join(lines) + "\n"

@@ -55,17 +55,21 @@ def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> l
         peer_name = "torchvision" + (" (fp32)" if peer_dtype != dtype else "")
 
         label = f"N={n} {c}->{cout} {h}x{w} 3x3 v2 {str(dtype).replace('torch.', '')}"
-        note = ""
         tv = torchvision.ops.deform_conv2d
+        # The GEMM arithmetic, against the math peak of the dtype (the fraction of the tensor-core
+        # peak for bf16): the forward is one [COUT, C*9] x [C*9, N*H*W] product, the backward two more
+        # (grad columns, grad weight); the bilinear sampling is not counted.
+        gemm = dict(flops=2 * n * h * w * cout * c * 9, math_dtype=dtype)
         out.append(Case("deform_conv2d", "fwd " + label, h, device, fastdet=lambda f=fwd: f(ops.deform_conv2d),
-                        peer=lambda f=fwd, a=(px, poff, pwt, pb, pmask): f(tv, *a), peer_name=peer_name, note=note))
+                        peer=lambda f=fwd, a=(px, poff, pwt, pb, pmask): f(tv, *a), peer_name=peer_name, **gemm))
         out.append(Case("deform_conv2d", "fwd+bwd " + label, h, device,
                         fastdet=lambda f=fwd_bwd: f(ops.deform_conv2d),
-                        peer=lambda f=fwd_bwd, pl=pleaves, pg=pgrad: f(tv, pl, pg), peer_name=peer_name, note=note))
+                        peer=lambda f=fwd_bwd, pl=pleaves, pg=pgrad: f(tv, pl, pg), peer_name=peer_name,
+                        flops=3 * gemm["flops"], math_dtype=dtype))
         # the price of deformability: the dense conv2d of the same shape as the "peer" (ratio < 1)
         out.append(Case("deform_conv2d", "fwd vs dense conv2d " + label, h, device,
                         fastdet=lambda f=fwd: f(ops.deform_conv2d),
                         peer=lambda f=fwd: f(lambda x, off, wt, b, padding, mask: torch.nn.functional.conv2d(
                             x, wt, b, padding=padding)),
-                        peer_name="dense conv2d (same shape)"))
+                        peer_name="dense conv2d (same shape)", **gemm))
     return out
