@@ -48,6 +48,23 @@ FASTDET_HD BilinearCorners<S> border_point_corners(const BorderLine<S>& l, int64
   return bilinear_corners(l.y0 + S(i) * l.dy, l.x0 + S(i) * l.dx, height, width);
 }
 
+// The backward of one output element, without atomics: grad gv times the 4 corner weights of the
+// arg-max point (index arg) of border k of box b, added into its gradient plane ([H * W] in the
+// math type S), only for a point inside the map. Each plane grad_input[n, k * C + c] is owned by
+// one caller that walks the boxes in order j = 0, 1, ...: the CPU backward, and the CUDA backward
+// under torch.use_deterministic_algorithms, so the sums have a fixed order and no atomics.
+template <typename S>
+FASTDET_HD void border_align_scatter_point(const Box<S>& b, int k, int32_t arg, S gv, int64_t h, int64_t w,
+                                           int64_t pool_size, S* plane) {
+  if (gv == S(0)) return;
+  const BilinearCorners<S> cr = border_point_corners(border_line(b, k, pool_size), static_cast<int64_t>(arg), h, w);
+  if (!cr.valid) return;  // outside the map: no gradient (and no out-of-bounds write)
+  plane[cr.o00] += gv * cr.w00;
+  plane[cr.o01] += gv * cr.w01;
+  plane[cr.o10] += gv * cr.w10;
+  plane[cr.o11] += gv * cr.w11;
+}
+
 struct BorderAlignProblem {
   at::Tensor input, boxes;  // contiguous
   int64_t n, c, h, w, hw, pool_size;

@@ -6,9 +6,10 @@
 // vector loops over the C contiguous channels. Boxes run in parallel.
 // Ties keep the first maximum in sampling order; a NaN sample wins over numbers (as torch.max).
 // Backward: grad_input[n, k*C + c] is written only by output column k of channel c of image n, so
-// each (n, c) group of 4 planes is owned by one task: the arg-max point is re-derived from the
-// box and the stored index and its 4 corner weights are scattered with bounds checks.
-// Deterministic, no atomics.
+// each (n, c) group of 4 planes is owned by one task: the arg-max point is re-derived from the box
+// and the stored index and its 4 corner weights are scattered with bounds checks, in box order
+// (border_align_scatter_point, ops/border_align.h, shared with the CUDA deterministic backward).
+// Deterministic and independent of the thread count, no atomics.
 // Half inputs accumulate in fp32 (at::opmath_type) and are rounded once at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -156,18 +157,8 @@ void border_align_backward_impl(const BorderAlignProblem& p, const T* g, const i
       const int32_t* arow = am + nc * hw * 4;
       for (int64_t j = 0; j < hw; ++j) {
         const Box<acc_t> b = load_box<acc_t>(bx, n * hw + j);
-        for (int k = 0; k < 4; ++k) {
-          const acc_t gv = static_cast<acc_t>(grow[j * 4 + k]);
-          if (gv == acc_t(0)) continue;
-          const BilinearCorners<acc_t> cr =
-              border_point_corners(border_line(b, k, ps), static_cast<int64_t>(arow[j * 4 + k]), h, w);
-          if (!cr.valid) continue;  // outside the map: no gradient (and no out-of-bounds write)
-          acc_t* plane = planes[k];
-          plane[cr.o00] += gv * cr.w00;
-          plane[cr.o01] += gv * cr.w01;
-          plane[cr.o10] += gv * cr.w10;
-          plane[cr.o11] += gv * cr.w11;
-        }
+        for (int k = 0; k < 4; ++k)
+          border_align_scatter_point(b, k, arow[j * 4 + k], static_cast<acc_t>(grow[j * 4 + k]), h, w, ps, planes[k]);
       }
     }
   });

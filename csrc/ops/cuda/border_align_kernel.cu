@@ -7,7 +7,11 @@
 // Backward: one thread per output element; the arg-max point is re-derived from the box and the
 // stored index, and its 4 corner weights are added with atomicAdd into an fp32 (fp64 for double)
 // gradient buffer, only for points inside the map (mmcv's kernel writes out of bounds there).
-// Atomics make the summation order, and so the last bits, nondeterministic.
+// Atomics make the summation order, and so the last bits, nondeterministic. Under
+// torch.use_deterministic_algorithms(True): one thread per gradient plane (n, k*C + c) instead, the
+// channel fastest, walking the boxes in order (border_align_scatter_point, ops/border_align.h, as the
+// CPU kernel): no atomics, a fixed order, bitwise reproducible; N * 4C threads, each serial
+// over the H*W boxes, so it is slower than the atomic path.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -72,6 +76,23 @@ __global__ void border_align_backward_kernel(const T* __restrict__ grad, const i
   }
 }
 
+template <typename T>
+__global__ void border_align_backward_plane_kernel(const T* __restrict__ grad, const int32_t* __restrict__ argmax,
+                                                   const T* __restrict__ boxes, int64_t n_n, int64_t c_n, int64_t h,
+                                                   int64_t w, int64_t pool_size,
+                                                   at::opmath_type<T>* __restrict__ grad_input) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t hw = h * w;
+  FASTDET_CUDA_KERNEL_LOOP(idx, n_n * 4 * c_n) {  // plane (n, k, c) of grad_input [N, 4C, H, W]
+    const int64_t c = idx % c_n, n = idx / (4 * c_n);
+    const int k = static_cast<int>((idx / c_n) % 4);
+    const int64_t row = (n * c_n + c) * hw * 4 + k;  // grad, argmax [N, C, H*W, 4]
+    for (int64_t j = 0; j < hw; ++j)
+      border_align_scatter_point(load_box<acc_t>(boxes, n * hw + j), k, argmax[row + j * 4],
+                                 static_cast<acc_t>(grad[row + j * 4]), h, w, pool_size, grad_input + idx * hw);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> border_align_cuda(const at::Tensor& input, const at::Tensor& boxes,
                                                      int64_t pool_size) {
   const BorderAlignProblem p = prepare_border_align(input, boxes, pool_size);
@@ -99,15 +120,22 @@ at::Tensor border_align_backward_cuda(const at::Tensor& grad, const at::Tensor& 
   at::Tensor grad_input = at::zeros({p.n, 4 * p.c, p.h, p.w}, grad.options().dtype(acc_dtype));
   const int64_t total = grad.numel();
   if (total == 0 || grad_input.numel() == 0) return grad_input.to(dtype);
-  at::globalContext().alertNotDeterministic("border_align_backward");
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
   const at::Tensor g = grad.contiguous();
   const at::Tensor a = argmax.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "border_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    border_align_backward_kernel<scalar_t><<<grid_for(total), kThreadsPerBlock, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), a.const_data_ptr<int32_t>(), p.boxes.const_data_ptr<scalar_t>(), total, p.c,
-        p.hw, p.h, p.w, p.pool_size, grad_input.data_ptr<acc_t>());
+    if (deterministic) {
+      const int64_t planes = p.n * 4 * p.c;
+      border_align_backward_plane_kernel<scalar_t><<<grid_for(planes), kThreadsPerBlock, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), a.const_data_ptr<int32_t>(), p.boxes.const_data_ptr<scalar_t>(), p.n, p.c,
+          p.h, p.w, p.pool_size, grad_input.data_ptr<acc_t>());
+    } else {
+      border_align_backward_kernel<scalar_t><<<grid_for(total), kThreadsPerBlock, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), a.const_data_ptr<int32_t>(), p.boxes.const_data_ptr<scalar_t>(), total, p.c,
+          p.hw, p.h, p.w, p.pool_size, grad_input.data_ptr<acc_t>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input.to(dtype);

@@ -20,8 +20,10 @@ Definitions where mmcv leaves things open:
   sample wins the maximum (as ``torch.max``); infinite features follow IEEE arithmetic.
 * Point i is ``start + i * step`` (mmcv accumulates the step; the points can differ in the last bit).
 * The backward only writes inside the map (mmcv's CUDA kernel writes out of bounds for points
-  outside it). Its CUDA version uses atomics, so it is nondeterministic in the last bits (it raises
-  under ``torch.use_deterministic_algorithms(True)``); the CPU version is deterministic.
+  outside it). By default its CUDA version uses atomics, so it is nondeterministic in the last bits;
+  under ``torch.use_deterministic_algorithms(True)`` one thread owns each gradient plane and sums
+  in box order (bitwise reproducible, slower). The CPU version always works that way, so it is
+  deterministic and independent of the thread count.
 * fp16/bf16 are computed in fp32 and rounded once; under autocast the op runs in fp32.
 * Boxes get no gradient (as mmcv): BorderDet uses them as detached sampling locations.
 """
