@@ -2,7 +2,6 @@
 tests' generated datasets and torchrun launcher (one conftest: a second `conftest` module, e.g. in
 tests/engine, would shadow this one for the `from conftest import tol` of the op tests)."""
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -33,23 +32,6 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def deterministic():
-    """torch.use_deterministic_algorithms(True) inside the block, with the fixed cuBLAS workspace
-    configuration that mode requires of CUDA GEMMs."""
-    saved = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(False)
-        if saved is None:
-            del os.environ["CUBLAS_WORKSPACE_CONFIG"]
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved
 
 
 @pytest.fixture(params=DEVICES)

@@ -1,8 +1,11 @@
 """Helpers for tests and benchmarks: box generators (random, detector-like (clustered), adversarial),
-CUDA graph replay, and the zoo's parity helpers (BatchNorm calibration of random-weight models,
+CUDA graph replay, deterministic mode, and the zoo's parity helpers (BatchNorm calibration of random-weight models,
 tie-robust comparison of detections)."""
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 from torch import Tensor
@@ -92,6 +95,24 @@ def cuda_graph_replay(fn, inputs, new_inputs, grad_inputs: tuple[int, ...] = (),
     if eager_leaves:
         eager_out.sum().backward()
     return replayed, (eager_out.detach(), [x.grad for x in eager_leaves])
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside the block, with the fixed cuBLAS workspace
+    configuration that mode requires of CUDA GEMMs; both restored on exit."""
+    saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    saved_mode = torch.are_deterministic_algorithms_enabled()
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved_mode)
+        if saved_env is None:
+            del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved_env
 
 
 def calibrate_batchnorm(model, size: int, num_images: int = 1) -> None:

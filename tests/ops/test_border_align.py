@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from conftest import deterministic, tol
+from conftest import tol
 from fastdet import ops
+from fastdet.testing import deterministic_algorithms
 from fastdet.ops._reference import border_align as ref
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -363,7 +364,7 @@ def test_cuda_deterministic_backward_is_bitwise_repeatable_and_matches_cpu(dtype
     x, boxes = make(n=2, c=20, h=9, w=11, dtype=dtype, seed=17, max_side=10.0)
     out, _ = OP(x, boxes, 6)
     weight = torch.randn(out.shape)
-    with deterministic():
+    with deterministic_algorithms():
         runs = [grads(ops.border_align, x.cuda(), boxes.cuda(), 6, weight.cuda()) for _ in range(3)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     atomic = grads(ops.border_align, x.cuda(), boxes.cuda(), 6, weight.cuda())

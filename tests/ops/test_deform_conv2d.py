@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from conftest import deterministic, tol
+from conftest import tol
 from fastdet import ops
+from fastdet.testing import deterministic_algorithms
 from fastdet.ops._reference import deform_conv2d as ref
 
 tv_ops = pytest.importorskip("torchvision.ops")
@@ -140,7 +141,7 @@ def test_non_contiguous_inputs(device):
 
 
 def run_deterministic(args):
-    with deterministic():
+    with deterministic_algorithms():
         return run(ops.deform_conv2d, args)
 
 

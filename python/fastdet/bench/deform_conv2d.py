@@ -1,11 +1,13 @@
-"""deform_conv2d benchmarks: forward and forward + backward against torchvision.ops.deform_conv2d,
-and the dense conv2d of the same shape (note: the cost of deformability)."""
+"""deform_conv2d benchmarks: forward and forward + backward (also in deterministic mode) against
+torchvision.ops.deform_conv2d, and the dense conv2d of the same shape (note: the cost of
+deformability)."""
 
 from __future__ import annotations
 
 import torch
 
 from fastdet import ops
+from fastdet.testing import deterministic_algorithms
 
 from ._harness import Case
 
@@ -22,7 +24,9 @@ def _case(device, n, c, cout, h, w, dtype, g):
 
 def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> list[Case]:
     """DCNv2 3x3 (with mask), padding 1. CPU: 2 x 64 x 64 x 64, 64 -> 64. CUDA: a ResNet stage
-    (16 x 256 -> 256, 50 x 84) in fp32 and bf16. size = the feature map height."""
+    (16 x 256 -> 256, 50 x 84) in fp32 and bf16. Forward, forward + backward, forward + backward
+    under torch.use_deterministic_algorithms (not with --quick), and the forward against the dense
+    conv2d of the same shape. size = the feature map height."""
     import torchvision
 
     g = torch.Generator().manual_seed(0)
@@ -66,6 +70,16 @@ def cases(device: str, sizes: list[int] | None = None, quick: bool = False) -> l
                         fastdet=lambda f=fwd_bwd: f(ops.deform_conv2d),
                         peer=lambda f=fwd_bwd, pl=pleaves, pg=pgrad: f(tv, pl, pg), peer_name=peer_name,
                         flops=3 * gemm["flops"], math_dtype=dtype))
+        if not quick:  # the cost of torch.use_deterministic_algorithms (grad_input by a gather)
+            def fwd_bwd_deterministic(f=fwd_bwd):
+                with deterministic_algorithms():
+                    f(ops.deform_conv2d)
+
+            out.append(Case("deform_conv2d", "fwd+bwd deterministic " + label, h, device,
+                            fastdet=fwd_bwd_deterministic,
+                            peer=lambda f=fwd_bwd, pl=pleaves, pg=pgrad: f(tv, pl, pg),
+                            peer_name=peer_name + (" (atomic)" if device.startswith("cuda") else ""),
+                            flops=3 * gemm["flops"], math_dtype=dtype))
         # the price of deformability: the dense conv2d of the same shape as the "peer" (ratio < 1)
         out.append(Case("deform_conv2d", "fwd vs dense conv2d " + label, h, device,
                         fastdet=lambda f=fwd: f(ops.deform_conv2d),
