@@ -231,8 +231,9 @@ inline DeformConvProblem prepare_deform_conv2d(const at::Tensor& input, const at
   p.stride_h = stride[0], p.stride_w = stride[1], p.pad_h = padding[0], p.pad_w = padding[1];
   p.dil_h = dilation[0], p.dil_w = dilation[1];
   TORCH_CHECK(p.kh >= 1 && p.kw >= 1, "fastdet::", op, ": weight's kernel size must be >= 1, got ", shape_str(weight));
-  TORCH_CHECK(weight.size(1) >= 1 && p.c % weight.size(1) == 0, "fastdet::", op,
-              ": weight.size(1) must divide the input's channel count (groups = C / weight.size(1)), got weight ",
+  // NB: C >= weight.size(1) too, so that groups >= 1 (C = 0 would give 0 groups and a division by 0).
+  TORCH_CHECK(weight.size(1) >= 1 && p.c >= weight.size(1) && p.c % weight.size(1) == 0, "fastdet::", op,
+              ": weight.size(1) must divide the input's channel count (groups = C / weight.size(1) >= 1), got weight ",
               shape_str(weight), " for input ", shape_str(input));
   p.groups = p.c / weight.size(1);
   TORCH_CHECK(p.cout % p.groups == 0, "fastdet::", op, ": weight.size(0) must be divisible by groups = ", p.groups,

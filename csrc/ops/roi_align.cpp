@@ -39,6 +39,13 @@ void check_num_levels(size_t n, const char* op, const char* arg) {
               kRoiAlignMaxLevels, " levels, got ", n);
 }
 
+// An explicit grid is capped like the adaptive one: sampling_ratio^2 samples per bin, so a larger
+// value only costs time (or, huge, memory) without changing what the bins mean.
+void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
+  TORCH_CHECK(sampling_ratio <= kRoiAlignMaxAdaptiveGrid, "fastdet::", op, ": sampling_ratio must be <= ",
+              kRoiAlignMaxAdaptiveGrid, " (samples per bin axis; <= 0 for adaptive), got ", sampling_ratio);
+}
+
 void fill_common(RoiAlignProblem& p, const at::Tensor& rois, const std::optional<at::Tensor>& levels,
                  const std::vector<double>& scales, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                  bool aligned, at::ScalarType dtype) {
@@ -70,6 +77,7 @@ RoiAlignProblem prepare_roi_align(const std::vector<at::Tensor>& features, const
   TORCH_CHECK(scales.size() == features.size(), "fastdet::", op, ": spatial_scales must hold one scale per level (",
               features.size(), "), got ", scales.size());
   for (double s : scales) check_roi_pool_params(pooled_h, pooled_w, s, op);
+  check_sampling_ratio(sampling_ratio, op);
   const at::Tensor& f0 = features[0];
   for (size_t l = 1; l < features.size(); ++l) {
     const std::string arg = "features[" + std::to_string(l) + "]";
@@ -121,6 +129,7 @@ RoiAlignProblem prepare_roi_align_backward(const at::Tensor& grad, const at::Ten
   const at::Tensor stand_in = at::empty({batch, channels, 0, 0}, grad.options());
   check_rois(stand_in, rois, op, "grad", "rois", /*same_dtype=*/false);
   for (double s : scales) check_roi_pool_params(grad.size(2), grad.size(3), s, op);
+  check_sampling_ratio(sampling_ratio, op);
   if (levels.has_value()) check_levels(rois, *levels, static_cast<int64_t>(scales.size()), op);
 
   RoiAlignProblem p;

@@ -213,6 +213,8 @@ def _call(args, **over):
     (lambda a: dict(mask=a["mask"][:, :-1]), "mask must have shape"),
     (lambda a: dict(weight=torch.randn(6, 3, 3, 3, dtype=torch.float64)), "weight.size\\(1\\) must divide"),
     (lambda a: dict(weight=a["weight"][:5]), "weight.size\\(0\\) must be divisible by groups"),
+    # zero input channels would mean zero groups (a division by zero before this was checked)
+    (lambda a: dict(input=a["input"][:, :0]), "weight.size\\(1\\) must divide the input's channel count"),
     (lambda a: dict(bias=a["bias"][:2]), "bias must have shape"),
     (lambda a: dict(input=a["input"][0]), "input must have shape"),
     (lambda a: dict(weight=a["weight"].float()), "input and weight must have the same dtype"),
@@ -233,6 +235,13 @@ def test_offset_groups_must_divide_channels():
     args = make(c=4, groups=1, offset_groups=3)
     with pytest.raises(RuntimeError, match="fastdet::deform_conv2d: the input's channel count 4 must be divisible"):
         _call(args)
+
+
+def test_backward_zero_input_channels_error():
+    args = make()
+    with pytest.raises(RuntimeError, match="fastdet::_deform_conv2d_backward: weight.size\\(1\\) must divide"):
+        BACKWARD(torch.zeros(2, 6, 7, 6, dtype=torch.float64), args["input"][:, :0], args["offset"], args["weight"],
+                 args["mask"], [1, 1], [1, 1], [1, 1])
 
 
 def test_backward_grad_shape_error():

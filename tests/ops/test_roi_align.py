@@ -323,6 +323,14 @@ def test_bad_inputs_raise_clear_errors():
         ops.roi_align(x, rois, (0, 2))
     with pytest.raises(RuntimeError, match=r"fastdet::roi_align: spatial_scale must be a positive finite number"):
         ops.roi_align(x, rois, 2, 0.0)
+    # sampling_ratio^2 samples per bin: a huge grid used to fail allocating (std::bad_alloc) or run for hours
+    with pytest.raises(RuntimeError, match=r"fastdet::roi_align: sampling_ratio must be <= 512"):
+        ops.roi_align(x, rois, 2, 1.0, 2**31)
+    with pytest.raises(RuntimeError, match=r"fastdet::multi_scale_roi_align: sampling_ratio must be <= 512"):
+        ops.multi_scale_roi_align([x], rois, torch.zeros(len(rois), dtype=torch.long), [1.0], 2, 513)
+    with pytest.raises(RuntimeError, match=r"fastdet::_roi_align_backward: sampling_ratio must be <= 512"):
+        torch.ops.fastdet._roi_align_backward(torch.zeros(len(rois), x.shape[1], 2, 2), rois, 1.0, 2, 2, x.shape[0],
+                                              x.shape[1], x.shape[2], x.shape[3], 1000, True)
     with pytest.raises(RuntimeError, match=r"fastdet::roi_align: spatial_scale must be a positive finite number"):
         ops.roi_align(x, rois, 2, float("nan"))
     with pytest.raises(RuntimeError, match=r"fastdet::roi_align: input must be a floating-point"):
@@ -363,6 +371,8 @@ def test_fake_kernels_raise_the_same_errors():
         assert out.shape == (4, 3, 2, 3) and out.is_contiguous(memory_format=torch.channels_last)
         with pytest.raises(RuntimeError, match=r"fastdet::roi_align: output_size must be positive"):
             OP(fx, fr, 1.0, 0, 3, -1, False)
+        with pytest.raises(RuntimeError, match=r"fastdet::roi_align: sampling_ratio must be <= 512"):
+            OP(fx, fr, 1.0, 2, 3, 600, False)
         with pytest.raises(RuntimeError, match=r"fastdet::roi_align: rois must have shape \[K, 5\]"):
             OP(fx, fr[:, :4], 1.0, 2, 3, -1, False)
         with pytest.raises(RuntimeError, match=r"fastdet::multi_scale_roi_align: levels must be an int64 tensor"):

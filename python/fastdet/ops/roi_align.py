@@ -30,7 +30,8 @@ Defined results where torchvision leaves things open:
   ``aligned=True`` an adaptive grid of a zero-size RoI is empty and gives 0; a fixed
   ``sampling_ratio`` samples the degenerate point repeatedly.
 * The adaptive grid is capped at 512 samples per axis per bin, so huge finite RoIs cost bounded
-  time (torchvision: unbounded).
+  time (torchvision: unbounded); an explicit ``sampling_ratio`` above 512 is an error (torchvision
+  accepts it, then allocates or loops without bound).
 * A batch index (``boxes[:, 0]``) that is not an integer in ``[0, N)`` is an error, never an
   out-of-bounds read.
 * Boxes get no gradient (as torchvision).
@@ -224,6 +225,15 @@ def _check_levels(name: str, rois: Tensor, levels: Tensor) -> None:
     check(levels.dtype == torch.int64, name, f"levels must be an int64 tensor, got {levels.dtype}")
 
 
+# The kernels' cap on an explicit grid (kRoiAlignMaxAdaptiveGrid, csrc/ops/roi_align.h).
+_MAX_SAMPLING_RATIO = 512
+
+
+def _check_sampling_ratio(name: str, sampling_ratio: int) -> None:
+    check(sampling_ratio <= _MAX_SAMPLING_RATIO, name, f"sampling_ratio must be <= {_MAX_SAMPLING_RATIO} (samples "
+          f"per bin axis; <= 0 for adaptive), got {sampling_ratio}")
+
+
 def _pooled(features: list[Tensor], rois: Tensor, ph, pw) -> Tensor:
     f0 = features[0]
     return torch.empty((rois.shape[0], f0.shape[1], ph, pw), dtype=f0.dtype, device=f0.device,
@@ -236,6 +246,7 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
     _check_features(name, [input])
     _check_rois(name, rois, input.device)
     check_roi_pool_params(name, pooled_height, pooled_width, [spatial_scale])
+    _check_sampling_ratio(name, sampling_ratio)
     return _pooled([input], rois, pooled_height, pooled_width)
 
 
@@ -248,6 +259,7 @@ def _multi_scale_roi_align_fake(features, rois, levels, spatial_scales, pooled_h
     check(len(spatial_scales) == len(features), name,
           f"spatial_scales must hold one scale per level ({len(features)}), got {len(spatial_scales)}")
     check_roi_pool_params(name, pooled_height, pooled_width, spatial_scales)
+    _check_sampling_ratio(name, sampling_ratio)
     _check_levels(name, rois, levels)
     return _pooled(features, rois, pooled_height, pooled_width)
 
@@ -273,6 +285,7 @@ def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_wi
           f"grad must have shape [K, C, pooled_height, pooled_width] = [K, C, {pooled_height}, {pooled_width}], "
           f"got {list(grad.shape)}")
     _check_grad(name, grad, rois, channels)
+    _check_sampling_ratio(name, sampling_ratio)
     return _grad_buffer(grad, batch_size, channels, height, width, channels_last)
 
 
@@ -281,6 +294,7 @@ def _multi_scale_roi_align_backward_fake(grad, rois, levels, spatial_scales, hei
                                          sampling_ratio, aligned, channels_last):
     name = "_multi_scale_roi_align_backward"
     _check_grad(name, grad, rois, channels)
+    _check_sampling_ratio(name, sampling_ratio)
     _check_levels(name, rois, levels)
     return [_grad_buffer(grad, batch_size, channels, h, w, channels_last) for h, w in zip(heights, widths)]
 
