@@ -188,8 +188,8 @@ def _check_args(name, input, offset, weight, mask, stride, padding, dilation):
     n, c, h, w = input.shape
     cout, cin_g, kh, kw = weight.shape
     check(kh >= 1 and kw >= 1, name, f"weight's kernel size must be >= 1, got {list(weight.shape)}")
-    check(cin_g >= 1 and c % cin_g == 0, name,
-          f"weight.size(1) must divide the input's channel count (groups = C / weight.size(1)), got weight "
+    check(cin_g >= 1 and c >= cin_g and c % cin_g == 0, name,
+          f"weight.size(1) must divide the input's channel count (groups = C / weight.size(1) >= 1), got weight "
           f"{list(weight.shape)} for input {list(input.shape)}")
     groups = c // cin_g
     check(cout % groups == 0, name, f"weight.size(0) must be divisible by groups = {groups}, got weight {list(weight.shape)}")

@@ -272,6 +272,12 @@ def _check_grad(name: str, grad: Tensor, rois: Tensor, channels) -> None:
     _check_rois(name, rois, grad.device)
 
 
+def _check_sizes(name: str, batch, channels, heights, widths) -> None:
+    check(batch >= 0 and channels >= 0, name, f"batch_size and channels must be >= 0, got {batch} and {channels}")
+    for h, w in zip(heights, widths):
+        check(h >= 0 and w >= 0, name, f"height and width must be >= 0, got {h} and {w}")
+
+
 def _grad_buffer(grad: Tensor, batch, channels, h, w, channels_last: bool) -> Tensor:
     return torch.empty((batch, channels, h, w), dtype=grad.dtype, device=grad.device,
                        memory_format=_memory_format(channels_last))
@@ -284,6 +290,7 @@ def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_wi
     check(grad.dim() != 4 or (grad.shape[2] == pooled_height and grad.shape[3] == pooled_width), name,
           f"grad must have shape [K, C, pooled_height, pooled_width] = [K, C, {pooled_height}, {pooled_width}], "
           f"got {list(grad.shape)}")
+    _check_sizes(name, batch_size, channels, [height], [width])
     _check_grad(name, grad, rois, channels)
     _check_sampling_ratio(name, sampling_ratio)
     return _grad_buffer(grad, batch_size, channels, height, width, channels_last)
@@ -293,6 +300,9 @@ def _roi_align_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_wi
 def _multi_scale_roi_align_backward_fake(grad, rois, levels, spatial_scales, heights, widths, batch_size, channels,
                                          sampling_ratio, aligned, channels_last):
     name = "_multi_scale_roi_align_backward"
+    check(len(heights) == len(spatial_scales) and len(widths) == len(spatial_scales), name,
+          f"heights and widths must hold one size per level ({len(spatial_scales)}), got {len(heights)} and {len(widths)}")
+    _check_sizes(name, batch_size, channels, heights, widths)
     _check_grad(name, grad, rois, channels)
     _check_sampling_ratio(name, sampling_ratio)
     _check_levels(name, rois, levels)

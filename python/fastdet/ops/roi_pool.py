@@ -105,6 +105,8 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
 def _roi_pool_backward_fake(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels,
                             height, width, channels_last):
     name = "_roi_pool_backward"
+    check(batch_size >= 0 and channels >= 0 and height >= 0 and width >= 0, name,
+          f"batch_size, channels, height and width must be >= 0, got {batch_size}, {channels}, {height}, {width}")
     check_roi_pool_params(name, pooled_height, pooled_width, [spatial_scale])
     check(rois.dim() == 2 and rois.shape[1] == 5, name,
           f"rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got {list(rois.shape)}")

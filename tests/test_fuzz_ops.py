@@ -1,0 +1,32 @@
+"""Every fastdet op under fuzzed arguments (tests/fuzz_ops.py) on CPU: a result or a RuntimeError
+naming the op, never a crash, a hang or an unexplained exception. The fuzzer runs in a subprocess so
+that a crash fails this test with the case that caused it (its last log line)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FUZZER = Path(__file__).with_name("fuzz_ops.py")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fuzzed_arguments_give_results_or_named_errors(tmp_path, seed):
+    log, report = tmp_path / "fuzz.log", tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "python"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    try:
+        proc = subprocess.run([sys.executable, str(FUZZER), "--seed", str(seed), "--cases", "2000", "--log", str(log),
+                               "--report", str(report)], capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the fuzzer hung; last case: {log.read_text().splitlines()[-1]}")
+    if not report.exists():  # the process died
+        last = log.read_text().splitlines()[-1] if log.exists() else "(none)"
+        pytest.fail(f"the fuzzer crashed (exit {proc.returncode}) on {last}\n{proc.stderr[-2000:]}")
+    summary = json.loads(report.read_text())
+    assert summary["defects"] == []
+    assert len(summary["ops"]) >= 24  # every registered op got cases
+    assert summary["counts"]["ok"] > 50 and summary["counts"]["error"] > 50  # both outcomes exercised
