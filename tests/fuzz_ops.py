@@ -204,11 +204,13 @@ def classify_fake(name: str, args: list) -> str:
 
 def run(seed: int, cases: int, log) -> dict:
     """Runs the cases; the log gets each case before it runs (the last line names a crash)."""
-    import fastdet  # noqa: F401  (registers the ops)
+    import fastdet  # registers the ops
 
     torch.set_num_threads(1)
     names = sorted(n.split("::", 1)[1].split(".", 1)[0] for n in torch._C._dispatch_get_all_op_names()
                    if n.startswith("fastdet::"))
+    if not names:
+        raise SystemExit(f"no fastdet ops are registered (fastdet from {fastdet.__file__}: is its compiled library there?)")
     counts = {"ok": 0, "error": 0}
     defects = []
     for case in range(cases):

@@ -13,6 +13,11 @@ import pytest
 FUZZER = Path(__file__).with_name("fuzz_ops.py")
 
 
+def _last_case(log: Path) -> str:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return lines[-1] if lines else "no case (it died before the first one)"
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzed_arguments_give_results_or_named_errors(tmp_path, seed):
     log, report = tmp_path / "fuzz.log", tmp_path / "report.json"
@@ -21,10 +26,9 @@ def test_fuzzed_arguments_give_results_or_named_errors(tmp_path, seed):
         proc = subprocess.run([sys.executable, str(FUZZER), "--seed", str(seed), "--cases", "2000", "--log", str(log),
                                "--report", str(report)], capture_output=True, text=True, timeout=600, env=env)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the fuzzer hung; last case: {log.read_text().splitlines()[-1]}")
+        pytest.fail(f"the fuzzer hung on {_last_case(log)}")
     if not report.exists():  # the process died
-        last = log.read_text().splitlines()[-1] if log.exists() else "(none)"
-        pytest.fail(f"the fuzzer crashed (exit {proc.returncode}) on {last}\n{proc.stderr[-2000:]}")
+        pytest.fail(f"the fuzzer crashed (exit {proc.returncode}) on {_last_case(log)}\n{proc.stderr[-2000:]}")
     summary = json.loads(report.read_text())
     assert summary["defects"] == []
     assert len(summary["ops"]) >= 24  # every registered op got cases
