@@ -1,6 +1,6 @@
 """Helpers for tests and benchmarks: box generators (random, detector-like (clustered), adversarial),
-CUDA graph replay, deterministic mode, and the zoo's parity helpers (BatchNorm calibration of random-weight models,
-tie-robust comparison of detections)."""
+CUDA graph replay, deterministic mode, and the zoo's parity helpers (BatchNorm calibration of
+random-weight models, tie-robust comparison of detections)."""
 
 from __future__ import annotations
 
@@ -102,13 +102,13 @@ def deterministic_algorithms():
     """torch.use_deterministic_algorithms(True) inside the block, with the fixed cuBLAS workspace
     configuration that mode requires of CUDA GEMMs; both restored on exit."""
     saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    saved_mode = torch.are_deterministic_algorithms_enabled()
+    saved_mode = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved_mode)
+        torch.use_deterministic_algorithms(saved_mode[0], warn_only=saved_mode[1])
         if saved_env is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
         else:

@@ -27,8 +27,10 @@ class Case:
     peer_name: str = "torchvision"
     bytes_moved: int | None = None  # minimum DRAM traffic, for memory-bound ops (GB/s, % of peak)
     note: str = ""
-    flops: int | None = None  # the GEMM arithmetic (2 per multiply-add), for compute-bound ops (TFLOP/s,
-    math_dtype: torch.dtype | None = None  # % of the device's math peak for this dtype)
+    # compute-bound ops: the GEMM arithmetic (2 per multiply-add) and its dtype (TFLOP/s, % of the
+    # device's math peak for that dtype)
+    flops: int | None = None
+    math_dtype: torch.dtype | None = None
 
     @property
     def id(self) -> str:
