@@ -25,6 +25,8 @@ import sys
 
 import torch
 
+from fastdet.testing import random_boxes
+
 ALLOCATION_ERRORS = ("can't allocate memory", "Storage size calculation overflowed", "std::bad_alloc")
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64, torch.bool,
           torch.uint8]
@@ -32,8 +34,7 @@ SPECIAL = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0, -1.0, 2.
 
 
 def _boxes(n: int, scale: float = 10.0) -> torch.Tensor:
-    xy = torch.rand(n, 2) * scale
-    return torch.cat([xy, xy + torch.rand(n, 2) * scale / 2], 1)
+    return random_boxes(n, image_size=scale, max_size=scale / 2)
 
 
 def _rois(k: int, batch: int = 2) -> torch.Tensor:

@@ -20,14 +20,16 @@ from fastdet.ops._reference import roi_pool as ref_roi_pool
 from fastdet.ops._reference import sigmoid_focal_loss as ref_focal
 from fastdet.ops._reference import simota as ref_simota
 from fastdet.ops._reference import soft_nms as ref_soft_nms
+from fastdet.testing import random_boxes
 
 D = torch.float64
 CASES = 300
 
 
-def adversarial_boxes(n: int, r: random.Random, scale: float = 20.0) -> torch.Tensor:
-    xy = torch.rand(n, 2, dtype=D) * scale - 2
-    b = torch.cat([xy, xy + torch.rand(n, 2, dtype=D) * scale / 2], 1)
+def random_adversarial_boxes(n: int, r: random.Random, scale: float = 20.0) -> torch.Tensor:
+    """fastdet.testing.random_boxes (shifted so that some lie partly outside the map), about 20% of
+    them made zero-size, inverted, NaN/inf or duplicated."""
+    b = random_boxes(n, image_size=scale, max_size=scale / 2, dtype=D) - 2
     for i in range(n):
         u = r.random()
         if u < 0.05:
@@ -53,7 +55,7 @@ def tied_scores(n: int, r: random.Random) -> torch.Tensor:
 
 
 def rois_for(n: int, k: int, h: int, w: int, r: random.Random) -> torch.Tensor:
-    return torch.cat([torch.randint(0, n, (k, 1)).to(D), adversarial_boxes(k, r, scale=max(h, w) * 2.0)], 1)
+    return torch.cat([torch.randint(0, n, (k, 1)).to(D), random_adversarial_boxes(k, r, scale=max(h, w) * 2.0)], 1)
 
 
 def same(got, want, what: str, rtol: float = 1e-9, atol: float = 1e-9) -> None:
@@ -70,28 +72,28 @@ def same(got, want, what: str, rtol: float = 1e-9, atol: float = 1e-9) -> None:
 def box_iou_case(r):
     mode, aligned = r.choice(["iou", "giou", "diou", "ciou"]), r.random() < 0.4
     n, m = r.randrange(0, 8), r.randrange(0, 8)
-    a, b = adversarial_boxes(n, r), adversarial_boxes(n if aligned else m, r)
+    a, b = random_adversarial_boxes(n, r), random_adversarial_boxes(n if aligned else m, r)
     same(ops.box_iou(a, b, mode=mode, aligned=aligned), ref_box_iou.box_iou(a, b, mode, aligned),
          f"box_iou {mode} aligned={aligned}", rtol=1e-7)
 
 
 def nms_case(r):
     n = r.randrange(0, 30)
-    b, s = adversarial_boxes(n, r), tied_scores(n, r)
+    b, s = random_adversarial_boxes(n, r), tied_scores(n, r)
     t, cap = r.choice([0.0, 0.3, 0.5, 0.7, 1.0]), r.choice([-1, -1, 0, 1, 5])
     same(torch.ops.fastdet.nms(b, s, t, cap), ref_nms.nms(b, s, t, cap), f"nms iou_threshold={t} max_output={cap}")
 
 
 def batched_nms_case(r):
     n = r.randrange(0, 30)
-    b, s, idx = adversarial_boxes(n, r), tied_scores(n, r), torch.randint(0, 3, (n,))
+    b, s, idx = random_adversarial_boxes(n, r), tied_scores(n, r), torch.randint(0, 3, (n,))
     t = r.choice([0.0, 0.3, 0.5, 1.0])
     same(ops.batched_nms(b, s, idx, t), ref_nms.batched_nms(b, s, idx, t), f"batched_nms iou_threshold={t}")
 
 
 def soft_nms_case(r):
     n = r.randrange(0, 25)
-    b, s = adversarial_boxes(n, r), tied_scores(n, r).nan_to_num(0.5)
+    b, s = random_adversarial_boxes(n, r), tied_scores(n, r).nan_to_num(0.5)
     args = (r.choice([0.0, 0.3, 0.5]), r.choice([0.5, 0.1]), r.choice([0.0, 0.001, 0.3]), r.choice(["linear", "gaussian"]))
     same(ops.soft_nms(b, s, *args), ref_soft_nms.soft_nms(b, s, *args), f"soft_nms {args}")
 
@@ -141,7 +143,7 @@ def deform_conv2d_case(r):
 def border_align_case(r):
     n, c, h, w = r.randrange(1, 3), r.randrange(1, 3), r.randrange(1, 6), r.randrange(1, 6)
     x = torch.randn(n, 4 * c, h, w, dtype=D)
-    boxes = adversarial_boxes(n * h * w, r, scale=max(h, w) * 1.5).view(n, h * w, 4)
+    boxes = random_adversarial_boxes(n * h * w, r, scale=max(h, w) * 1.5).view(n, h * w, 4)
     pool_size = r.randrange(1, 6)
     same(torch.ops.fastdet.border_align(x, boxes, pool_size),
          ref_border_align.border_align(x, boxes, pool_size, return_argmax=True), f"border_align pool_size={pool_size}")
@@ -168,7 +170,7 @@ def simota_case(r):
     b, a, g, c = r.randrange(1, 3), r.randrange(1, 20), r.randrange(0, 4), r.randrange(1, 4)
     priors = torch.cat([torch.rand(a, 2, dtype=D) * 32, torch.full((a, 2), 8.0, dtype=D)], 1)
     scores = torch.rand(b, a, c, dtype=D)
-    pred = adversarial_boxes(b * a, r, 32).view(b, a, 4).nan_to_num(1.0).clamp(-100, 100)
+    pred = random_adversarial_boxes(b * a, r, 32).view(b, a, 4).nan_to_num(1.0).clamp(-100, 100)
     corners = torch.rand(b, g, 4, dtype=D) * 32
     gt = torch.cat([torch.minimum(corners[..., :2], corners[..., 2:]), torch.maximum(corners[..., :2], corners[..., 2:]) + 1], -1)
     labels, present = torch.randint(0, c, (b, g)), torch.rand(b, g) > 0.3

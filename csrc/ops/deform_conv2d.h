@@ -103,14 +103,21 @@ FASTDET_HD void deform_coords(const DeformGeometry& g, int64_t n, int64_t og, in
   x = S(ox * g.stride_w - g.pad_w + kj * g.dil_w) + static_cast<S>(off[g.hwo]);
 }
 
-template <typename T, typename S>
-FASTDET_HD DeformItem<S> deform_item(const DeformGeometry& g, int64_t idx, int64_t n0, const T* offset,
-                                     const T* mask) {
+// The (b, og, k, pix) of point idx (the order of DeformItem), the rest of the item left unset.
+template <typename S>
+FASTDET_HD DeformItem<S> deform_index(const DeformGeometry& g, int64_t idx) {
   DeformItem<S> it;
   it.pix = idx % g.hwo;
   it.k = (idx / g.hwo) % g.kk;
   it.og = (idx / (g.hwo * g.kk)) % g.og;
   it.b = idx / (g.hwo * g.kk * g.og);
+  return it;
+}
+
+template <typename T, typename S>
+FASTDET_HD DeformItem<S> deform_item(const DeformGeometry& g, int64_t idx, int64_t n0, const T* offset,
+                                     const T* mask) {
+  DeformItem<S> it = deform_index<S>(g, idx);
   const int64_t n = n0 + it.b;
   S y, x;
   deform_coords<T, S>(g, n, it.og, it.k, it.pix, offset, y, x);
@@ -133,13 +140,12 @@ FASTDET_HD int64_t deform_cells_per_plane(const DeformGeometry& g) { return (g.h
 // The cell of point idx of the chunk (see deform_item), or -1 when it samples nothing.
 template <typename T, typename S>
 FASTDET_HD int64_t deform_cell_key(const DeformGeometry& g, int64_t idx, int64_t n0, const T* offset) {
-  const int64_t pix = idx % g.hwo, k = (idx / g.hwo) % g.kk, og = (idx / (g.hwo * g.kk)) % g.og;
-  const int64_t b = idx / (g.hwo * g.kk * g.og);
+  const DeformItem<S> it = deform_index<S>(g, idx);
   S y, x;
-  deform_coords<T, S>(g, n0 + b, og, k, pix, offset, y, x);
+  deform_coords<T, S>(g, n0 + it.b, it.og, it.k, it.pix, offset, y, x);
   int64_t y0, x0;
   if (!deform_corner(y, x, g.h, g.w, y0, x0)) return -1;
-  return (b * g.og + og) * deform_cells_per_plane(g) + (y0 + 1) * (g.w + 1) + (x0 + 1);
+  return (it.b * g.og + it.og) * deform_cells_per_plane(g) + (y0 + 1) * (g.w + 1) + (x0 + 1);
 }
 
 // d loss / d input[n0 + b, c, y, x], summed in a fixed order over the points of the 4 cells whose
